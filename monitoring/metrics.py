@@ -1,0 +1,51 @@
+"""Prometheus metrics of the API: request latency and counts, per-stage latency, degraded answers.
+
+Names follow Prometheus conventions: a ``recsys_`` namespace, base units in the name
+(``_seconds``), ``_total`` for counters, and low-cardinality labels only.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class ApiMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+        self.request_duration = Histogram(
+            "recsys_request_duration_seconds", "HTTP request latency by endpoint.",
+            ["endpoint"], buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.requests = Counter(
+            "recsys_requests_total", "HTTP requests by endpoint and status code.",
+            ["endpoint", "status"], registry=self.registry,
+        )
+        self.stage_duration = Histogram(
+            "recsys_stage_duration_seconds", "Time spent in each /recommend stage.",
+            ["stage"], buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.degraded = Counter(
+            "recsys_degraded_responses_total", "Recommendations served with default features or fallbacks.",
+            registry=self.registry,
+        )
+        self.recommended_items = Counter(
+            "recsys_recommended_items_total", "Items recommended, by candidate source.",
+            ["source"], registry=self.registry,
+        )
+        self.log_dropped = Gauge(
+            "recsys_log_dropped_records", "Log records dropped because the writer queue was full.",
+            ["log"], registry=self.registry,
+        )
+        self.model_info = Gauge(
+            "recsys_model_info", "The bundle being served (value 1).", ["version"], registry=self.registry,
+        )
+
+    def observe_stages(self, timings_ms: dict[str, float]) -> None:
+        for stage, ms in timings_ms.items():
+            self.stage_duration.labels(stage=stage).observe(ms / 1000)
+
+    def set_model(self, version: str) -> None:
+        self.model_info.clear()
+        self.model_info.labels(version=version).set(1)

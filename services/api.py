@@ -1,0 +1,206 @@
+"""The HTTP API: thin routes over the serving modules; OpenAPI (at /docs) is the contract.
+
+Routes that do CPU work (recommend, reload) are plain ``def`` functions, which FastAPI runs in its
+thread pool: FAISS and ONNX Runtime release the GIL, and the event loop stays free for cheap
+endpoints such as the health checks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
+
+from feature_repo.store import open_store
+from monitoring.metrics import ApiMetrics
+from services.settings import Settings
+from serving.event_log import FEEDBACK_FILE, IMPRESSIONS_FILE, FeedbackRecord, LogWriter
+from serving.model import ServingModel, load_model
+from serving.online_features import OnlineFeatures
+from serving.recommender import Recommendation, Recommender
+from training.bundle import BundleError, latest_bundle
+
+Id = Annotated[str | int, Field(description="User or item id; integers are treated as their decimal string.")]
+
+
+class RecommendRequest(BaseModel):
+    user_id: Id
+    k: int = Field(10, ge=1, le=100)
+    context: dict = Field(default_factory=dict)
+
+
+class RecommendedItemOut(BaseModel):
+    item_id: str
+    score: float
+    position: int
+    propensity: float
+    source: str
+
+
+class RecommendResponse(BaseModel):
+    request_id: str
+    user_id: str
+    model_version: str
+    policy: dict
+    items: list[RecommendedItemOut]
+    degraded: bool
+    timings_ms: dict[str, float]
+
+
+class FeedbackRequest(BaseModel):
+    request_id: str
+    user_id: Id
+    item_id: Id
+    event: str = Field("click", min_length=1, max_length=64)
+    value: float = 1.0
+    ts: float | None = Field(None, description="Unix seconds; the server's clock when omitted.")
+
+
+class ReloadRequest(BaseModel):
+    bundle: str | None = Field(None, description="Bundle directory; the newest in the work directory when omitted.")
+
+
+def data_clock(model: ServingModel) -> Callable[[], float]:
+    """Time that starts just after the bundle's data ends and then runs with the wall clock."""
+    anchor, started = model.manifest.data_end_ts + 1, time.time()
+    return lambda: anchor + (time.time() - started)
+
+
+class Runtime:
+    """Everything a request needs, built once per process."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.metrics = ApiMetrics()
+        store = open_store(settings.profile, settings.features_dir, settings.project, settings.redis_url)
+        self.features = OnlineFeatures(store)
+        model = load_model(settings.bundle or latest_bundle(settings.bundles_dir))
+        self.impressions = LogWriter(settings.logs_dir / IMPRESSIONS_FILE)
+        self.feedback = LogWriter(settings.logs_dir / FEEDBACK_FILE)
+        self.clock = data_clock(model) if settings.clock == "data" else time.time
+        self.recommender = Recommender(model, self.features, self.impressions, self.clock,
+                                       n_candidates=settings.n_candidates)
+        self.metrics.set_model(model.version)
+
+    def swap_model(self, path: Path) -> tuple[str, str]:
+        """Load and verify a bundle, then switch to it in one assignment. Returns (old, new) versions."""
+        model = load_model(path)
+        previous = self.recommender.model.version
+        self.recommender.model = model
+        self.metrics.set_model(model.version)
+        return previous, model.version
+
+    def close(self) -> None:
+        self.impressions.close()
+        self.feedback.close()
+
+
+def get_runtime(request: Request) -> Runtime:
+    return request.app.state.runtime
+
+
+def to_response(result: Recommendation) -> RecommendResponse:
+    return RecommendResponse(
+        request_id=result.request_id,
+        user_id=result.user_id,
+        model_version=result.model_version,
+        policy=result.policy,
+        items=[RecommendedItemOut(**vars(item)) for item in result.items],
+        degraded=result.degraded,
+        timings_ms=result.timings_ms,
+    )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.runtime = Runtime(settings)
+        yield
+        app.state.runtime.close()
+
+    app = FastAPI(title="recsys", version="0.1.0", lifespan=lifespan,
+                  description="Two-stage recommender: FAISS retrieval, ONNX LightGBM ranking, Feast features.")
+
+    @app.middleware("http")
+    async def record_latency(request: Request, call_next):
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        endpoint = route.path if route is not None else "unmatched"
+        runtime: Runtime = request.app.state.runtime
+        runtime.metrics.request_duration.labels(endpoint=endpoint).observe(time.perf_counter() - started)
+        runtime.metrics.requests.labels(endpoint=endpoint, status=str(response.status_code)).inc()
+        return response
+
+    def serve(runtime: Runtime, user_id: str, k: int, context: dict) -> RecommendResponse:
+        result = runtime.recommender.recommend(str(user_id), k, context)
+        runtime.metrics.observe_stages(result.timings_ms)
+        if result.degraded:
+            runtime.metrics.degraded.inc()
+        for item in result.items:
+            runtime.metrics.recommended_items.labels(source=item.source).inc()
+        return to_response(result)
+
+    @app.get("/recommend", response_model=RecommendResponse)
+    def recommend_get(
+        user_id: Annotated[str, Query(min_length=1, max_length=256)],
+        k: Annotated[int, Query(ge=1, le=100)] = 10,
+        runtime: Runtime = Depends(get_runtime),
+    ) -> RecommendResponse:
+        return serve(runtime, user_id, k, {})
+
+    @app.post("/recommend", response_model=RecommendResponse)
+    def recommend_post(body: RecommendRequest, runtime: Runtime = Depends(get_runtime)) -> RecommendResponse:
+        return serve(runtime, str(body.user_id), body.k, body.context)
+
+    @app.post("/feedback", status_code=202)
+    def feedback(body: FeedbackRequest, runtime: Runtime = Depends(get_runtime)) -> dict:
+        record = FeedbackRecord(
+            request_id=body.request_id, ts=body.ts if body.ts is not None else runtime.clock(),
+            user_id=str(body.user_id), item_id=str(body.item_id), event=body.event, value=body.value,
+        )
+        if not runtime.feedback.write(record):
+            raise HTTPException(status_code=503, detail="feedback log is full; retry later")
+        return {"status": "accepted"}
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz(response: Response, runtime: Runtime = Depends(get_runtime)) -> dict:
+        try:
+            runtime.features.ping()
+        except Exception as exc:
+            response.status_code = 503
+            return {"status": "not ready", "reason": f"online store unreachable: {exc}"}
+        return {"status": "ready", "model_version": runtime.recommender.model.version}
+
+    @app.get("/metrics")
+    def metrics(runtime: Runtime = Depends(get_runtime)) -> Response:
+        runtime.metrics.log_dropped.labels(log="impressions").set(runtime.impressions.dropped)
+        runtime.metrics.log_dropped.labels(log="feedback").set(runtime.feedback.dropped)
+        return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/admin/reload")
+    def reload(body: ReloadRequest, authorization: Annotated[str | None, Header()] = None,
+               runtime: Runtime = Depends(get_runtime)) -> dict:
+        token = runtime.settings.admin_token
+        if not token or authorization != f"Bearer {token}":
+            raise HTTPException(status_code=401, detail="a valid bearer token is required (RECSYS_ADMIN_TOKEN)")
+        try:
+            path = Path(body.bundle) if body.bundle else latest_bundle(runtime.settings.bundles_dir)
+            previous, current = runtime.swap_model(path)
+        except BundleError as exc:
+            raise HTTPException(status_code=422, detail=f"bundle refused, still serving the current one: {exc}")
+        return {"model_version": current, "previous": previous}
+
+    return app

@@ -1,0 +1,353 @@
+"""The `recsys` command line: the composition root that wires data, features, training and serving.
+
+Every command works in one work directory (``--home``, or ``RECSYS_HOME``, default
+``./recsys-work``), so ``recsys demo --no-serve`` then ``recsys serve`` serves the bundle the demo
+built. Errors are printed as one line on stderr with a non-zero exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import pandas as pd
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from services.settings import Settings
+
+app = typer.Typer(help="A two-stage recommender: simulate or import data, build features, train, serve.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+data_app = typer.Typer(help="Create the dataset in the work directory.", no_args_is_help=True)
+features_app = typer.Typer(help="Feast feature store operations.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(features_app, name="features")
+
+console = Console(stderr=True)
+Home = Annotated[Path | None, typer.Option("--home", help="Work directory (default: $RECSYS_HOME or ./recsys-work).")]
+
+
+class CliError(Exception):
+    """An error to show the user as one line."""
+
+
+def handle_errors(command: Callable) -> Callable:
+    """Turn the errors a user can cause into a one-line message and exit code 1."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        from feature_repo.store import FeatureStoreError
+        from training.bundle import BundleError
+
+        try:
+            return command(*args, **kwargs)
+        except (CliError, FeatureStoreError, BundleError, ValueError, FileNotFoundError, KeyError) as exc:
+            console.print(f"[red]error:[/red] {exc}", highlight=False, markup=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def settings_for(home: Path | None) -> Settings:
+    settings = Settings()
+    return settings.model_copy(update={"home": home}) if home else settings
+
+
+def parse_time(value: str) -> int:
+    """Unix seconds or ISO-8601 (UTC when no zone is given) → unix seconds."""
+    try:
+        return int(float(value))
+    except ValueError:
+        pass
+    try:
+        return int(pd.Timestamp(value).tz_localize("UTC").timestamp() if pd.Timestamp(value).tzinfo is None
+                   else pd.Timestamp(value).timestamp())
+    except ValueError as exc:
+        raise CliError(f"cannot parse time {value!r}: use unix seconds or ISO-8601") from exc
+
+
+def progress_bar() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=True)
+
+
+def open_feature_store(settings: Settings):
+    from feature_repo.store import open_store
+
+    return open_store(settings.profile, settings.features_dir, settings.project, settings.redis_url)
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+
+def generate_data(settings: Settings, size: str, seed: int, out: Path | None) -> Path:
+    from training.simulator import SimConfig, Simulator
+
+    config = SimConfig.preset(size, seed=seed)
+    target = out or settings.data_dir
+    with progress_bar() as bar:
+        task = bar.add_task(f"simulating {size} world", total=config.n_days)
+        dataset = Simulator(config).generate(progress=lambda done, total: bar.update(task, completed=done))
+    dataset.save(target)
+    console.print(f"{len(dataset.interactions):,} interactions, {len(dataset.users):,} users, "
+                  f"{len(dataset.items):,} items → {target}")
+    return target
+
+
+@data_app.command("generate")
+@handle_errors
+def data_generate(
+    size: Annotated[str, typer.Option(help="tiny, small or medium.")] = "small",
+    seed: int = 0,
+    out: Annotated[Path | None, typer.Option(help="Output directory (default: the work directory's data).")] = None,
+    home: Home = None,
+) -> None:
+    """Simulate users, items and clicks from the known click model."""
+    generate_data(settings_for(home), size, seed, out)
+
+
+@data_app.command("import")
+@handle_errors
+def data_import(
+    interactions: Annotated[Path | None, typer.Option(help="CSV/Parquet: user_id, item_id, ts[, rating, weight].")] = None,
+    users: Annotated[Path | None, typer.Option(help="CSV/Parquet: user_id + feature columns.")] = None,
+    items: Annotated[Path | None, typer.Option(help="CSV/Parquet: item_id + feature columns.")] = None,
+    movielens: Annotated[Path | None, typer.Option(help="A MovieLens latest-small directory instead.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output directory (default: the work directory's data).")] = None,
+    home: Home = None,
+) -> None:
+    """Import your own data (or MovieLens) into the normalised schema."""
+    from training.importer import import_files, load_movielens
+
+    if (interactions is None) == (movielens is None):
+        raise CliError("give either --interactions (with optional --users/--items) or --movielens")
+    dataset = load_movielens(movielens) if movielens else import_files(interactions, users, items)
+    target = out or settings_for(home).data_dir
+    dataset.save(target)
+    console.print(f"{len(dataset.interactions):,} interactions, {len(dataset.users):,} users, "
+                  f"{len(dataset.items):,} items → {target}")
+
+
+# --- features -----------------------------------------------------------------------------------
+
+
+def build_features(settings: Settings, data_dir: Path):
+    """Compute the feature tables from a data directory, write them and register the definitions."""
+    from feature_repo.store import apply
+    from training.dataset import Dataset
+    from training.features import build_feature_tables
+
+    dataset = Dataset.load(data_dir)
+    build_feature_tables(dataset).write(settings.features_dir)
+    store = open_feature_store(settings)
+    apply(store, settings.features_dir)
+    return dataset, store
+
+
+def materialize_features(settings: Settings, store, dataset) -> None:
+    from feature_repo.store import materialize
+    from training.features import DAY
+
+    materialize(store, dataset.start_ts - 2 * DAY, dataset.end_ts + 2 * DAY)
+
+
+@features_app.command("apply")
+@handle_errors
+def features_apply(data: Annotated[Path | None, typer.Option(help="Data directory.")] = None,
+                   home: Home = None) -> None:
+    """Build the feature tables from the data and register the Feast definitions."""
+    settings = settings_for(home)
+    build_features(settings, data or settings.data_dir)
+    console.print(f"feature tables and registry in {settings.features_dir}")
+
+
+@features_app.command("materialize")
+@handle_errors
+def features_materialize(home: Home = None) -> None:
+    """Load the latest feature values into the online store (SQLite or Redis, per profile)."""
+    from training.dataset import Dataset
+
+    settings = settings_for(home)
+    materialize_features(settings, open_feature_store(settings), Dataset.load(settings.data_dir))
+    console.print(f"materialized into the {settings.profile} online store")
+
+
+@features_app.command("historical")
+@handle_errors
+def features_historical(
+    entity_df: Annotated[Path, typer.Option("--entity-df", help="CSV/Parquet: user_id and/or item_id, event_timestamp.")],
+    out: Annotated[Path, typer.Option(help="Output CSV or Parquet.")],
+    home: Home = None,
+) -> None:
+    """Point-in-time join of every feature of the entity frame's keys."""
+    from feature_repo.definitions import ITEM_ACTIVITY, ITEM_ATTRIBUTES, TIMESTAMP, USER_ACTIVITY, feature_refs
+    from feature_repo.store import historical
+
+    frame = pd.read_parquet(entity_df) if entity_df.suffix in (".parquet", ".pq") else pd.read_csv(entity_df)
+    if TIMESTAMP not in frame.columns:
+        raise CliError(f"{entity_df}: needs an {TIMESTAMP!r} column")
+    views = ([USER_ACTIVITY] if "user_id" in frame.columns else []) + (
+        [ITEM_ACTIVITY, ITEM_ATTRIBUTES] if "item_id" in frame.columns else [])
+    if not views:
+        raise CliError(f"{entity_df}: needs a user_id or item_id column")
+    for key in ("user_id", "item_id"):
+        if key in frame.columns:
+            frame[key] = frame[key].astype(str)
+    try:
+        frame[TIMESTAMP] = pd.to_datetime(frame[TIMESTAMP], utc=True)
+    except (ValueError, TypeError) as exc:
+        raise CliError(f"{entity_df}: column {TIMESTAMP!r}: {exc}") from exc
+    result = historical(open_feature_store(settings_for(home)), frame, feature_refs(*views))
+    result.to_parquet(out, index=False) if out.suffix in (".parquet", ".pq") else result.to_csv(out, index=False)
+    console.print(f"{len(result):,} rows → {out}")
+
+
+# --- training -----------------------------------------------------------------------------------
+
+
+def train(settings: Settings, data_dir: Path, out: Path | None = None):
+    from training.pipeline import TrainConfig, train_bundle
+
+    dataset, store = build_features(settings, data_dir)
+    with progress_bar() as bar:
+        task = bar.add_task("training", total=None)
+        epochs = bar.add_task("two-tower epochs", total=TrainConfig().two_tower.epochs)
+        result = train_bundle(
+            dataset, store, out or settings.bundles_dir, TrainConfig(),
+            on_step=lambda step: bar.update(task, description=step),
+            on_epoch=lambda done, total, loss: bar.update(epochs, completed=done,
+                                                          description=f"two-tower epochs (loss {loss:.3f})"),
+        )
+    console.print(result.evaluation.table())
+    parity = result.parity
+    console.print(f"ONNX parity: max |diff| {parity.max_abs_diff:.2e}, rows above 1e-5 "
+                  f"{parity.share_rows_above_1e5:.2%}, top-10 mismatches {parity.top10_mismatch_share:.2%}")
+    console.print(f"bundle {result.manifest.version} → {result.path}")
+    return dataset, store, result
+
+
+@app.command("train")
+@handle_errors
+def train_command(
+    data: Annotated[Path | None, typer.Option(help="Data directory (default: the work directory's data).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Directory to publish the bundle in.")] = None,
+    home: Home = None,
+) -> None:
+    """Train a bundle (embeddings, index, ranker) and evaluate it on a temporal split."""
+    settings = settings_for(home)
+    train(settings, data or settings.data_dir, out)
+
+
+@app.command("evaluate")
+@handle_errors
+def evaluate_command(
+    bundle: Annotated[Path | None, typer.Option(help="Bundle (default: the newest).")] = None,
+    home: Home = None,
+) -> None:
+    """Recompute the bundle's offline metrics on its temporal split, from the work directory's data."""
+    from serving.model import load_model
+    from training.bundle import latest_bundle
+    from training.dataset import Dataset
+    from training.evaluate import evaluate
+
+    settings = settings_for(home)
+    model = load_model(bundle or latest_bundle(settings.bundles_dir))
+    evaluation = evaluate(Dataset.load(settings.data_dir), model.retrieval, open_feature_store(settings),
+                          model.manifest.training_cutoff_ts, model.ranker.score, settings.n_candidates)
+    print(evaluation.report.table())
+
+
+@app.command("recommend-batch")
+@handle_errors
+def recommend_batch_command(
+    users: Annotated[Path, typer.Option(help="User ids, one per line.")],
+    as_of: Annotated[str, typer.Option("--as-of", help="Unix seconds or ISO-8601.")],
+    out: Annotated[Path, typer.Option(help="Output CSV: user_id,item_id,rank,score.")],
+    k: Annotated[int, typer.Option(min=1, max=1000)] = 10,
+    bundle: Annotated[Path | None, typer.Option(help="Bundle (default: the newest).")] = None,
+    home: Home = None,
+) -> None:
+    """Top-K per user as of a time, using only data before it and excluding items already seen."""
+    from serving.model import load_model
+    from training.batch import recommend_batch
+    from training.bundle import latest_bundle
+    from training.dataset import Dataset
+
+    settings = settings_for(home)
+    user_ids = [line.strip() for line in users.read_text().splitlines() if line.strip()]
+    if not user_ids:
+        raise CliError(f"{users}: no user ids")
+    model = load_model(bundle or latest_bundle(settings.bundles_dir))
+    recs = recommend_batch(Dataset.load(settings.data_dir), model.retrieval, model.ranker.score,
+                           open_feature_store(settings), model.manifest.training_cutoff_ts, user_ids,
+                           parse_time(as_of), k, settings.n_candidates)
+    recs.to_csv(out, index=False)
+    console.print(f"{len(recs):,} recommendations for {len(user_ids):,} users → {out}")
+
+
+# --- serving ------------------------------------------------------------------------------------
+
+
+def run_server(settings: Settings) -> None:
+    import uvicorn
+
+    from services.api import create_app
+
+    console.print(f"serving on http://{settings.host}:{settings.port}  (try /recommend?user_id=...&k=10)")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning",
+                access_log=False)
+
+
+@app.command("serve")
+@handle_errors
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port.")] = None,
+    bundle: Annotated[Path | None, typer.Option(help="Bundle (default: the newest).")] = None,
+    home: Home = None,
+) -> None:
+    """Serve the API on a bundle."""
+    from serving.model import load_model
+    from training.bundle import latest_bundle
+
+    settings = settings_for(home)
+    overrides = {k: v for k, v in {"host": host, "port": port, "bundle": bundle}.items() if v is not None}
+    settings = settings.model_copy(update=overrides)
+    load_model(settings.bundle or latest_bundle(settings.bundles_dir))  # refuse a bad bundle before binding
+    run_server(settings)
+
+
+@app.command("demo")
+@handle_errors
+def demo(
+    no_serve: Annotated[bool, typer.Option("--no-serve", help="Stop after writing the bundle.")] = False,
+    size: Annotated[str, typer.Option(help="Simulator size: tiny, small or medium.")] = "small",
+    seed: int = 0,
+    port: Annotated[int | None, typer.Option(help="Port.")] = None,
+    home: Home = None,
+) -> None:
+    """Embedded default end to end: simulate → features → materialize → train → bundle → serve."""
+    started = datetime.now()
+    settings = settings_for(home)
+    data_dir = generate_data(settings, size, seed, None)
+    dataset, store, result = train(settings, data_dir)
+    materialize_features(settings, store, dataset)
+    console.print(f"demo pipeline done in {(datetime.now() - started).total_seconds():.1f} s")
+    example_user = json.loads((result.path / "user_ids.json").read_text())[0]
+    console.print(f"example: curl 'localhost:{port or settings.port}/recommend?user_id={example_user}&k=10'")
+    if not no_serve:
+        run_server(settings.model_copy(update={"port": port} if port else {}))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""One /recommend request, stage by stage.
+
+    user features + seen items (online store)
+      → user vector → FAISS top-N, seen items excluded           (retrieval)
+      → candidate item features (online store)                   (features)
+      → ranker_matrix → ONNX scores                              (ranking)
+      → policy picks the slate, with propensities                (exploration)
+      → popular items fill any gap, impression logged            (logging)
+
+Users the two-tower model never saw get the popularity fallback, marked ``source="popular"``.
+If the online store fails, the request still gets an answer from default features and is marked
+``degraded``. A request reads the current model once, so a bundle swap never mixes versions.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from serving.event_log import ImpressionRecord, LogWriter, SlateEntry
+from serving.exploration import GreedyPolicy, Policy
+from serving.model import ServingModel
+from serving.online_features import ITEM_FEATURES, OnlineFeatures, UserFeatures
+from training.ranker_features import ranker_matrix
+from training.retrieval import search_excluding
+
+SOURCE_ANN = "ann"
+SOURCE_POPULAR = "popular"
+
+
+@dataclass
+class RecommendedItem:
+    item_id: str
+    score: float
+    position: int
+    propensity: float
+    source: str
+
+
+@dataclass
+class Recommendation:
+    request_id: str
+    user_id: str
+    model_version: str
+    policy: dict
+    items: list[RecommendedItem]
+    degraded: bool
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+class StageTimer:
+    def __init__(self) -> None:
+        self.timings_ms: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.timings_ms[stage] = self.timings_ms.get(stage, 0.0) + (now - self._last) * 1000
+        self._last = now
+
+
+class Recommender:
+    def __init__(
+        self, model: ServingModel, features: OnlineFeatures, impressions: LogWriter,
+        clock: Callable[[], float], policy: Policy | None = None, n_candidates: int = 300,
+    ):
+        self.model = model
+        self.features = features
+        self.impressions = impressions
+        self.clock = clock
+        self.policy = policy or GreedyPolicy()
+        self.n_candidates = n_candidates
+
+    def recommend(self, user_id: str, k: int, context: dict | None = None,
+                  request_id: str | None = None) -> Recommendation:
+        model = self.model
+        request_id = request_id or uuid.uuid4().hex
+        now = self.clock()
+        timer = StageTimer()
+        degraded = False
+
+        try:
+            user = self.features.user(user_id)
+        except Exception:  # the store is down or slow: serve from defaults rather than fail
+            user, degraded = UserFeatures(values={}, seen_items=set()), True
+        timer.lap("features")
+
+        row = model.retrieval.user_row.get(user_id)
+        rows, retrieval_scores = np.empty(0, np.int64), np.empty(0, np.float32)
+        if row is not None:
+            exclude = {model.retrieval.item_row[i] for i in user.seen_items if i in model.retrieval.item_row}
+            [(rows, retrieval_scores)] = search_excluding(
+                model.retrieval.index, model.retrieval.user_vectors[row:row + 1], [exclude], self.n_candidates
+            )
+        timer.lap("retrieval")
+
+        candidate_ids = [model.retrieval.item_ids[r] for r in rows]
+        try:
+            items = self.features.items(candidate_ids)
+        except Exception:
+            items, degraded = pd.DataFrame(index=range(len(candidate_ids)), columns=ITEM_FEATURES), True
+        timer.lap("features")
+
+        users = pd.DataFrame([user.values] * len(candidate_ids))
+        scores = model.ranker.score(ranker_matrix(users, items, now, retrieval_scores))
+        timer.lap("ranking")
+
+        slate = self.policy.choose(scores, k, request_id)
+        chosen = [
+            RecommendedItem(candidate_ids[r], float(scores[r]), i + 1, float(p), SOURCE_ANN)
+            for i, (r, p) in enumerate(zip(slate.rows, slate.propensities, strict=True))
+        ]
+        timer.lap("exploration")
+
+        chosen += self._popular_fill(model, k - len(chosen), user.seen_items | set(candidate_ids), len(chosen))
+        result = Recommendation(
+            request_id=request_id,
+            user_id=user_id,
+            model_version=model.version,
+            policy={"name": self.policy.name, "params": self.policy.params},
+            items=chosen,
+            degraded=degraded,
+        )
+        result.timings_ms = timer.timings_ms
+        self.impressions.write(self._impression(result, now, user, items, candidate_ids, k, context or {}))
+        timer.lap("logging")
+        return result
+
+    @staticmethod
+    def _popular_fill(model: ServingModel, n: int, exclude: set[str], offset: int) -> list[RecommendedItem]:
+        """Most popular items not excluded, positioned after the first ``offset`` items."""
+        picks: list[RecommendedItem] = []
+        for item, score in zip(model.popular_items, model.popular_scores, strict=True):
+            if len(picks) >= n:
+                break
+            if item not in exclude:
+                picks.append(RecommendedItem(item, float(score), offset + len(picks) + 1, 1.0, SOURCE_POPULAR))
+        return picks
+
+    def _impression(self, result: Recommendation, now: float, user: UserFeatures, items: pd.DataFrame,
+                    candidate_ids: list[str], k: int, context: dict) -> ImpressionRecord:
+        position_of = {item_id: i for i, item_id in enumerate(candidate_ids)}
+        served = {
+            it.item_id: _jsonable(items.iloc[position_of[it.item_id]].to_dict())
+            for it in result.items if it.item_id in position_of
+        }
+        return ImpressionRecord(
+            request_id=result.request_id,
+            ts=now,
+            user_id=result.user_id,
+            model_version=result.model_version,
+            policy=result.policy,
+            arm=None,
+            slate=[SlateEntry(it.item_id, it.position, it.score, it.propensity, it.source) for it in result.items],
+            features={"user": _jsonable(user.values), "items": served},
+            timings_ms=dict(result.timings_ms),
+            k=k,
+            context=context,
+        )
+
+
+def _jsonable(values: dict) -> dict:
+    """Feature values as plain JSON: numpy scalars unwrapped, arrays as lists, NaN/NA as null."""
+    out = {}
+    for name, value in values.items():
+        if isinstance(value, np.ndarray | list):
+            out[name] = [v.item() if isinstance(v, np.generic) else v for v in value]
+        elif value is None or value is pd.NA or (isinstance(value, float | np.floating) and np.isnan(value)):
+            out[name] = None
+        else:
+            out[name] = value.item() if isinstance(value, np.generic) else value
+    return out
