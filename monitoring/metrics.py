@@ -46,6 +46,9 @@ class ApiMetrics:
         for stage, ms in timings_ms.items():
             self.stage_duration.labels(stage=stage).observe(ms / 1000)
 
-    def set_model(self, version: str) -> None:
-        self.model_info.clear()
+    def set_model(self, version: str, previous: str | None = None) -> None:
+        # Zero the old series instead of clear(): importing feast turns prometheus_client's
+        # multiprocess mode on, where clear() is not implemented.
+        if previous is not None:
+            self.model_info.labels(version=previous).set(0)
         self.model_info.labels(version=version).set(1)

@@ -93,7 +93,7 @@ class Runtime:
         model = load_model(path)
         previous = self.recommender.model.version
         self.recommender.model = model
-        self.metrics.set_model(model.version)
+        self.metrics.set_model(model.version, previous)
         return previous, model.version
 
     def close(self) -> None:
@@ -200,7 +200,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             path = Path(body.bundle) if body.bundle else latest_bundle(runtime.settings.bundles_dir)
             previous, current = runtime.swap_model(path)
         except BundleError as exc:
-            raise HTTPException(status_code=422, detail=f"bundle refused, still serving the current one: {exc}")
+            detail = f"bundle refused, still serving the current one: {exc}"
+            raise HTTPException(status_code=422, detail=detail) from exc
         return {"model_version": current, "previous": previous}
 
     return app

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import warnings
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -115,7 +116,7 @@ def data_generate(
 @data_app.command("import")
 @handle_errors
 def data_import(
-    interactions: Annotated[Path | None, typer.Option(help="CSV/Parquet: user_id, item_id, ts[, rating, weight].")] = None,
+    interactions: Annotated[Path | None, typer.Option(help="CSV/Parquet: user_id, item_id, ts[, rating].")] = None,
     users: Annotated[Path | None, typer.Option(help="CSV/Parquet: user_id + feature columns.")] = None,
     items: Annotated[Path | None, typer.Option(help="CSV/Parquet: item_id + feature columns.")] = None,
     movielens: Annotated[Path | None, typer.Option(help="A MovieLens latest-small directory instead.")] = None,
@@ -181,7 +182,7 @@ def features_materialize(home: Home = None) -> None:
 @features_app.command("historical")
 @handle_errors
 def features_historical(
-    entity_df: Annotated[Path, typer.Option("--entity-df", help="CSV/Parquet: user_id and/or item_id, event_timestamp.")],
+    entity_df: Annotated[Path, typer.Option("--entity-df", help="CSV/Parquet: user_id/item_id, event_timestamp.")],
     out: Annotated[Path, typer.Option(help="Output CSV or Parquet.")],
     home: Home = None,
 ) -> None:
@@ -346,6 +347,8 @@ def demo(
 
 
 def main() -> None:
+    # ibis (under Feast's DuckDB store) warns on every query about an API it uses internally.
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module="ibis")
     app()
 
 

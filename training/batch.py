@@ -15,7 +15,7 @@ import pandas as pd
 from feast import FeatureStore
 
 from training.dataset import Dataset
-from training.features import seen_items
+from training.features import seen_items, unavailable_items
 from training.two_stage import (
     RetrievalModel,
     candidate_features,
@@ -37,7 +37,7 @@ def recommend_batch(
             "later data; train a bundle on data before that time first"
         )
     seen = seen_items(dataset.interactions[dataset.interactions["ts"] < as_of])
-    candidates = retrieve(model, user_ids, seen, n_candidates)
+    candidates = retrieve(model, user_ids, seen, n_candidates, unavailable_items(dataset, as_of))
     ranked = rank(candidates, score(candidate_features(model, store, candidates, as_of)), k)
     fill = popularity_ranking(recent_popularity(dataset, as_of), user_ids, seen, k)
     rows = []

@@ -18,7 +18,7 @@ import pandas as pd
 from feast import FeatureStore
 
 from training.dataset import Dataset
-from training.features import seen_items
+from training.features import seen_items, unavailable_items
 from training.two_stage import RetrievalModel, candidate_features, popularity_ranking, rank, retrieve
 
 CUTOFFS = (10, 100)
@@ -84,9 +84,10 @@ def evaluate(dataset: Dataset, model: RetrievalModel, store: FeatureStore, split
     users = sorted(truth)
     k = max(CUTOFFS)
     popularity = dataset.interactions[dataset.interactions["ts"] < split_ts]["item_id"].value_counts()
+
     by_popularity = {u: [i for i, _ in picks] for u, picks in popularity_ranking(popularity, users, seen, k).items()}
 
-    candidates = retrieve(model, users, seen, n_candidates)
+    candidates = retrieve(model, users, seen, n_candidates, unavailable_items(dataset, split_ts))
     ids = np.array(model.item_ids, dtype=object)
     by_retrieval = {u: [ids[r] for r, _ in picks]
                     for u, picks in rank(candidates, candidates.retrieval_scores, k).items()}

@@ -145,13 +145,33 @@ def _user_activity(interactions: pd.DataFrame, item_codes: np.ndarray, n_categor
     return frame
 
 
+def item_available_ts(dataset: Dataset) -> pd.Series:
+    """When each item entered the catalog: its release time, or its first interaction if earlier or unknown.
+
+    An item is only a candidate, and only has features, from that instant on: recommending as of
+    a past time must not know about items that did not exist yet.
+    """
+    first_seen = dataset.interactions.groupby("item_id")["ts"].min()
+    available = first_seen.reindex(dataset.items["item_id"]).to_numpy(dtype=np.float64)
+    if "release_ts" in dataset.items.columns:
+        release = dataset.items["release_ts"].astype("Float64").to_numpy(dtype=np.float64, na_value=np.nan)
+        available = np.fmin(available, release)
+    available = np.nan_to_num(available, nan=dataset.start_ts).astype(np.int64)
+    return pd.Series(available, index=dataset.items["item_id"].to_numpy(), name="available_ts")
+
+
+def unavailable_items(dataset: Dataset, ts: int) -> set[str]:
+    """Items not yet in the catalog at ``ts``."""
+    available = item_available_ts(dataset)
+    return set(available.index[available.to_numpy() > ts])
+
+
 def _item_activity(interactions: pd.DataFrame, impressions: pd.DataFrame | None, items: pd.DataFrame,
-                   first_day: int) -> pd.DataFrame:
+                   available_ts: np.ndarray) -> pd.DataFrame:
     index = pd.Index(items["item_id"])
     click_codes = index.get_indexer(interactions["item_id"])
     click_ts = interactions["ts"].to_numpy(dtype=np.int64)
-    every_item_first_day = np.full(len(items), first_day, dtype=np.int64)
-    pairs = _snapshot_days(click_codes, click_ts, extra_days=every_item_first_day)
+    pairs = _snapshot_days(click_codes, click_ts, extra_days=available_ts // DAY + 1)
     counts, _ = _window_counts(click_codes, click_ts, pairs)
     impressions_7d = np.zeros(len(pairs), dtype=np.int64)
     if impressions is not None and len(impressions):
@@ -171,20 +191,16 @@ def _item_activity(interactions: pd.DataFrame, impressions: pd.DataFrame | None,
     )
 
 
-def _item_attributes(items: pd.DataFrame, categories: list[str], first_seen: pd.Series,
-                     first_day: int) -> pd.DataFrame:
+def _item_attributes(items: pd.DataFrame, categories: list[str], available_ts: np.ndarray) -> pd.DataFrame:
+    """One row per item, stamped with the instant it entered the catalog."""
     price = items["price"].astype("float32") if "price" in items.columns else np.float32("nan")
-    release = first_seen.reindex(items["item_id"]).to_numpy()
-    if "release_ts" in items.columns:
-        known = items["release_ts"].astype("Float64").to_numpy(dtype=np.float64, na_value=np.nan)
-        release = np.where(np.isnan(known), release, known)
     return pd.DataFrame(
         {
             "item_id": items["item_id"].to_numpy(),
-            TIMESTAMP: pd.to_datetime(first_day * DAY, unit="s", utc=True),
+            TIMESTAMP: pd.to_datetime(available_ts, unit="s", utc=True),
             "i_category_idx": item_category_codes(items, categories),
             "i_price": price,
-            "i_release_ts": np.nan_to_num(release, nan=first_day * DAY).astype(np.int64),
+            "i_release_ts": available_ts,
         }
     )
 
@@ -207,13 +223,12 @@ def build_feature_tables(dataset: Dataset) -> FeatureTables:
     categories = category_vocabulary(items)
     codes_by_item = pd.Series(item_category_codes(items, categories), index=items["item_id"])
     event_categories = codes_by_item.reindex(interactions["item_id"]).fillna(0).to_numpy(dtype=np.int64)
-    first_day = dataset.start_ts // DAY
-    first_seen = interactions.groupby("item_id")["ts"].min()
+    available = item_available_ts(dataset).to_numpy()
     history_ts = (dataset.end_ts // DAY + 1) * DAY
     return FeatureTables(
         user_activity=_user_activity(interactions, event_categories, len(categories)),
         user_history=_user_history(interactions, history_ts),
-        item_activity=_item_activity(interactions, dataset.impressions, items, first_day),
-        item_attributes=_item_attributes(items, categories, first_seen, first_day),
+        item_activity=_item_activity(interactions, dataset.impressions, items, available),
+        item_attributes=_item_attributes(items, categories, available),
         categories=categories,
     )

@@ -3,8 +3,11 @@
 Training examples are built as requests are served: for every user with history before the
 ranker's cutoff t0, the two-tower retrieval proposes candidates as of t0, each (user, candidate)
 pair gets the point-in-time features at t0, and the label says whether the user interacted with
-the item in the label window [t0, t1). The user's new items that retrieval missed are added as
-positives too, so the ranker also learns from what the first stage got wrong.
+the item in the label window [t0, t1).
+
+The user's new items that retrieval missed are deliberately *not* added as extra positives: they
+would carry low retrieval scores with positive labels, a pattern serving never shows the ranker.
+On the small simulator that variant lowered two-stage NDCG@10 from 0.097 to 0.081.
 """
 
 from __future__ import annotations
@@ -16,8 +19,8 @@ import numpy as np
 from feast import FeatureStore
 
 from training.dataset import Dataset
-from training.features import seen_items
-from training.two_stage import CandidateSet, RetrievalModel, add_items, candidate_features, retrieve
+from training.features import seen_items, unavailable_items
+from training.two_stage import CandidateSet, RetrievalModel, candidate_features, retrieve
 
 
 @dataclass(frozen=True)
@@ -45,7 +48,7 @@ def build_examples(model: RetrievalModel, store: FeatureStore, dataset: Dataset,
     window = dataset.interactions[(dataset.interactions["ts"] >= t0) & (dataset.interactions["ts"] < t1)]
     new_items = {u: items - before.get(u, set()) for u, items in seen_items(window).items()}
     users = sorted(u for u, items in new_items.items() if items and u in before)
-    candidates = add_items(model, retrieve(model, users, before, n_candidates), new_items)
+    candidates = retrieve(model, users, before, n_candidates, unavailable_items(dataset, t0))
     labels = np.concatenate([
         np.isin(np.array(model.item_ids, dtype=object)[candidates.item_rows[start:start + size]],
                 list(new_items[user])).astype(np.int32)

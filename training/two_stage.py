@@ -51,38 +51,22 @@ class CandidateSet:
         return np.repeat(np.array(self.user_ids, dtype=object), self.sizes)
 
 
-def retrieve(model: RetrievalModel, user_ids: list[str], seen: dict[str, set[str]], n: int) -> CandidateSet:
-    """ANN top-``n`` per user, excluding what they had. Users without a vector get no candidates."""
+def retrieve(model: RetrievalModel, user_ids: list[str], seen: dict[str, set[str]], n: int,
+             unavailable: set[str] = frozenset()) -> CandidateSet:
+    """ANN top-``n`` per user, excluding what they had and items not in the catalog yet.
+
+    Users without a vector get no candidates.
+    """
     known = [u for u in user_ids if u in model.user_row]
     queries = model.user_vectors[[model.user_row[u] for u in known]]
-    exclude = [{model.item_row[i] for i in seen.get(u, ()) if i in model.item_row} for u in known]
+    absent = {model.item_row[i] for i in unavailable if i in model.item_row}
+    exclude = [absent | {model.item_row[i] for i in seen.get(u, ()) if i in model.item_row} for u in known]
     results = search_excluding(model.index, queries, exclude, n)
     return CandidateSet(
         user_ids=known,
         sizes=np.array([len(rows) for rows, _ in results], dtype=np.int64),
         item_rows=np.concatenate([rows for rows, _ in results]) if results else np.empty(0, np.int64),
         retrieval_scores=np.concatenate([s for _, s in results]) if results else np.empty(0, np.float32),
-    )
-
-
-def add_items(model: RetrievalModel, candidates: CandidateSet, extra: dict[str, set[str]]) -> CandidateSet:
-    """Candidates plus the ``extra`` items of each user (scored by the same dot product) if missing."""
-    rows, scores, sizes = [], [], []
-    start = 0
-    for user, size in zip(candidates.user_ids, candidates.sizes, strict=True):
-        own = candidates.item_rows[start:start + size]
-        start += size
-        wanted = {model.item_row[i] for i in extra.get(user, ()) if i in model.item_row}
-        missing = np.array(sorted(wanted - set(own.tolist())), dtype=np.int64)
-        user_vector = model.user_vectors[model.user_row[user]]
-        rows.append(np.concatenate([own, missing]))
-        scores.append(model.item_vectors[rows[-1]] @ user_vector)
-        sizes.append(len(rows[-1]))
-    return CandidateSet(
-        user_ids=candidates.user_ids,
-        sizes=np.array(sizes, dtype=np.int64),
-        item_rows=np.concatenate(rows) if rows else np.empty(0, np.int64),
-        retrieval_scores=np.concatenate(scores).astype(np.float32) if scores else np.empty(0, np.float32),
     )
 
 
