@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import string
+import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,6 +20,10 @@ from feast import FeatureStore
 from feast.repo_config import RepoConfig
 
 from feature_repo.definitions import TABLES, TIMESTAMP, definitions
+
+# ibis (under the DuckDB offline store) warns about its own use of a deprecated DuckDB call on every
+# query; importing feast resets warning filters, so this must come after the feast imports.
+warnings.filterwarnings("ignore", message=r"fetch_arrow_table\(\) is deprecated", category=DeprecationWarning)
 
 PROFILES_DIR = Path(__file__).parent / "profiles"
 PROFILES = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
-import warnings
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -38,17 +38,25 @@ class CliError(Exception):
     """An error to show the user as one line."""
 
 
+def is_user_error(exc: Exception) -> bool:
+    """Errors caused by input or state the user controls (imported here, after the command ran,
+    so that merely wrapping a command imports neither Feast nor the training stack)."""
+    from feature_repo.store import FeatureStoreError
+    from training.bundle import BundleError
+
+    return isinstance(exc, CliError | FeatureStoreError | BundleError | ValueError | FileNotFoundError | KeyError)
+
+
 def handle_errors(command: Callable) -> Callable:
     """Turn the errors a user can cause into a one-line message and exit code 1."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        from feature_repo.store import FeatureStoreError
-        from training.bundle import BundleError
-
         try:
             return command(*args, **kwargs)
-        except (CliError, FeatureStoreError, BundleError, ValueError, FileNotFoundError, KeyError) as exc:
+        except Exception as exc:
+            if not is_user_error(exc):
+                raise
             console.print(f"[red]error:[/red] {exc}", highlight=False, markup=True)
             raise typer.Exit(1) from None
 
@@ -298,8 +306,11 @@ def recommend_batch_command(
 def run_server(settings: Settings) -> None:
     import uvicorn
 
-    from services.api import create_app
+    from services.serving_process import create_app  # first: keeps torch out of this process
+    from serving.model import load_model
+    from training.bundle import latest_bundle
 
+    load_model(settings.bundle or latest_bundle(settings.bundles_dir))  # refuse a bad bundle before binding
     console.print(f"serving on http://{settings.host}:{settings.port}  (try /recommend?user_id=...&k=10)")
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning",
                 access_log=False)
@@ -314,14 +325,8 @@ def serve(
     home: Home = None,
 ) -> None:
     """Serve the API on a bundle."""
-    from serving.model import load_model
-    from training.bundle import latest_bundle
-
-    settings = settings_for(home)
     overrides = {k: v for k, v in {"host": host, "port": port, "bundle": bundle}.items() if v is not None}
-    settings = settings.model_copy(update=overrides)
-    load_model(settings.bundle or latest_bundle(settings.bundles_dir))  # refuse a bad bundle before binding
-    run_server(settings)
+    run_server(settings_for(home).model_copy(update=overrides))
 
 
 @app.command("demo")
@@ -343,12 +348,12 @@ def demo(
     example_user = json.loads((result.path / "user_ids.json").read_text())[0]
     console.print(f"example: curl 'localhost:{port or settings.port}/recommend?user_id={example_user}&k=10'")
     if not no_serve:
-        run_server(settings.model_copy(update={"port": port} if port else {}))
+        # Serve from a fresh process: this one has imported torch for training, serving must not.
+        command = [sys.executable, "-m", "services.cli", "serve", "--home", str(settings.home)]
+        os.execv(sys.executable, command + (["--port", str(port)] if port else []))
 
 
 def main() -> None:
-    # ibis (under Feast's DuckDB store) warns on every query about an API it uses internally.
-    warnings.filterwarnings("ignore", category=DeprecationWarning, module="ibis")
     app()
 
 
