@@ -78,10 +78,11 @@ def seen_items(interactions: pd.DataFrame) -> dict[str, set[str]]:
     return {user: set(items) for user, items in grouped}
 
 
-def _snapshot_days(entity_codes: np.ndarray, ts: np.ndarray, extra_days: np.ndarray | None) -> pd.DataFrame:
+def _snapshot_days(entity_codes: np.ndarray, ts: np.ndarray, extra_days: np.ndarray | None,
+                   windows: tuple[int, ...] = WINDOWS_DAYS) -> pd.DataFrame:
     """(entity, snapshot time) pairs where some window count of the entity changes."""
     event_day = ts // DAY
-    offsets = [1] + [1 + w for w in WINDOWS_DAYS]
+    offsets = [1] + [1 + w for w in windows]
     days = np.concatenate([event_day + o for o in offsets])
     codes = np.tile(entity_codes, len(offsets))
     pairs = pd.DataFrame({"code": codes, "day": days})
@@ -172,11 +173,19 @@ def _item_activity(interactions: pd.DataFrame, impressions: pd.DataFrame | None,
     click_codes = index.get_indexer(interactions["item_id"])
     click_ts = interactions["ts"].to_numpy(dtype=np.int64)
     pairs = _snapshot_days(click_codes, click_ts, extra_days=available_ts // DAY + 1)
+    has_impressions = impressions is not None and len(impressions) > 0
+    if has_impressions:
+        shown_codes = index.get_indexer(impressions["item_id"])
+        shown_ts = impressions["ts"].to_numpy(dtype=np.int64)
+        # i_impressions_7d also changes the day after an impression day and the day it leaves the 7-day window.
+        shown_days = pd.DataFrame({"code": shown_codes, "day": shown_ts // DAY}).drop_duplicates()
+        shown_pairs = _snapshot_days(shown_days["code"].to_numpy(), shown_days["day"].to_numpy() * DAY,
+                                     extra_days=None, windows=(7,))
+        pairs = pd.concat([pairs, shown_pairs]).drop_duplicates().sort_values(["code", "day"], ignore_index=True)
     counts, _ = _window_counts(click_codes, click_ts, pairs)
     impressions_7d = np.zeros(len(pairs), dtype=np.int64)
-    if impressions is not None and len(impressions):
-        shown_codes = index.get_indexer(impressions["item_id"])
-        shown_counts, _ = _window_counts(shown_codes, impressions["ts"].to_numpy(dtype=np.int64), pairs)
+    if has_impressions:
+        shown_counts, _ = _window_counts(shown_codes, shown_ts, pairs)
         impressions_7d = shown_counts["7d"]
     return pd.DataFrame(
         {
