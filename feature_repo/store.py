@@ -91,8 +91,3 @@ def historical(store: FeatureStore, entity_df: pd.DataFrame, features: list[str]
     result = result.sort_values(ROW_ID).reset_index(drop=True)
     feature_columns = [ref.split(":", 1)[1] for ref in features]
     return pd.concat([entity_df.reset_index(drop=True), result[feature_columns]], axis=1)
-
-
-def teardown(store: FeatureStore) -> None:
-    """Remove this project's online data (Redis keys / SQLite tables) and registry entries."""
-    store.teardown()

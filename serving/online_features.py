@@ -30,10 +30,6 @@ class UserFeatures:
     values: dict  # feature name → value (None when the store has nothing)
     seen_items: set[str]
 
-    @property
-    def known(self) -> bool:
-        return any(v is not None for v in self.values.values())
-
 
 class OnlineFeatures:
     def __init__(self, store: FeatureStore):

@@ -106,8 +106,10 @@ class Recommender:
             items, degraded = pd.DataFrame(index=range(len(candidate_ids)), columns=ITEM_FEATURES), True
         timer.lap("features")
 
-        users = pd.DataFrame([user.values] * len(candidate_ids))
-        scores = model.ranker.score(ranker_matrix(users, items, now, retrieval_scores))
+        scores = np.empty(0, np.float32)
+        if candidate_ids:
+            users = pd.DataFrame([user.values] * len(candidate_ids))
+            scores = model.ranker.score(ranker_matrix(users, items, now, retrieval_scores))
         timer.lap("ranking")
 
         slate = self.policy.choose(scores, k, request_id)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 import redis
 from conftest import newest_manifest, recsys, running_server
 
+from serving.event_log import read_records
 from training.dataset import Dataset
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -54,7 +54,7 @@ def test_recommend_over_http_on_sqlite(copy_of_demo_home):
         assert 'recsys_stage_duration_seconds_count{stage="ranking"}' in metrics
         # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal as its exit status.
         assert server.stop() in (0, -15)
-    impressions = [json.loads(line) for line in (home / "logs" / "impressions.jsonl").read_text().splitlines()]
+    impressions = list(read_records(home / "logs" / "impressions.jsonl"))
     assert len(impressions) == 3  # every answered request, flushed on SIGTERM
     first = impressions[0]
     assert first["request_id"] == body["request_id"]
@@ -62,7 +62,7 @@ def test_recommend_over_http_on_sqlite(copy_of_demo_home):
     assert first["policy"] == {"name": "greedy", "params": {}}
     assert set(first["features"]["items"]) == {it["item_id"] for it in body["items"]}
     assert impressions[1]["context"] == {"page": "home"}
-    feedback_log = [json.loads(line) for line in (home / "logs" / "feedback.jsonl").read_text().splitlines()]
+    feedback_log = list(read_records(home / "logs" / "feedback.jsonl"))
     assert feedback_log[0]["item_id"] == feedback["item_id"] and feedback_log[0]["event"] == "click"
 
 

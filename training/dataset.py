@@ -28,6 +28,8 @@ USERS_FILE = "users.parquet"
 ITEMS_FILE = "items.parquet"
 IMPRESSIONS_FILE = "impressions.parquet"
 META_FILE = "meta.json"
+# The category of an item whose category is missing or unknown.
+UNKNOWN_CATEGORY = "unknown"
 
 
 @dataclass

@@ -29,11 +29,10 @@ from feature_repo.definitions import (
     USER_ACTIVITY,
     USER_HISTORY,
 )
-from training.dataset import Dataset
+from training.dataset import UNKNOWN_CATEGORY, Dataset
 
 DAY = 86_400
 WINDOWS_DAYS = (1, 7, 30)
-UNKNOWN_CATEGORY = "unknown"
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from training.dataset import Dataset
+from training.dataset import UNKNOWN_CATEGORY, Dataset
 
 CSV_SUFFIXES = (".csv", ".csv.gz")
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -37,7 +37,6 @@ MIN_TS = int(pd.Timestamp.min.ceil("s").timestamp())
 MAX_TS = int(pd.Timestamp.max.floor("s").timestamp())
 # MovieLens marks a movie without genres with this placeholder; its category becomes UNKNOWN_CATEGORY.
 NO_GENRES = "(no genres listed)"
-UNKNOWN_CATEGORY = "unknown"
 
 _EPOCH = pd.Timestamp(0, tz="UTC")
 _SECOND = pd.Timedelta(seconds=1)
