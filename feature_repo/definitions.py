@@ -14,7 +14,7 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
+from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, ValueType
 from feast.data_format import ParquetFormat
 from feast.types import Array, Float32, Int64, String
 
@@ -22,6 +22,8 @@ TIMESTAMP = "event_timestamp"
 
 USER_ACTIVITY = "user_activity"
 USER_HISTORY = "user_history"
+USER_REALTIME = "user_realtime"
+USER_REALTIME_PUSH = "user_realtime_push"
 ITEM_ACTIVITY = "item_activity"
 ITEM_ATTRIBUTES = "item_attributes"
 RANKER_SERVICE = "ranker"
@@ -36,6 +38,14 @@ USER_ACTIVITY_FIELDS = [
     Field(name="u_category_share", dtype=Array(Float32)),
 ]
 USER_HISTORY_FIELDS = [Field(name="u_seen_items", dtype=Array(String))]
+# Updated within seconds from POST /feedback through the push source (batch rows seed them).
+USER_REALTIME_FIELDS = [
+    Field(name="rt_recent_items", dtype=Array(String)),  # most recent first, at most RECENT_ITEMS
+    Field(name="rt_recent_ts", dtype=Array(Int64)),  # their event times
+    Field(name="rt_clicks_1h", dtype=Int64),  # events in the hour before rt_last_event_ts
+    Field(name="rt_last_event_ts", dtype=Int64),
+]
+RECENT_ITEMS = 50
 ITEM_ACTIVITY_FIELDS = [
     Field(name="i_events_1d", dtype=Int64),
     Field(name="i_events_7d", dtype=Int64),
@@ -53,6 +63,7 @@ ITEM_ATTRIBUTE_FIELDS = [
 TABLES = {
     USER_ACTIVITY: ("user_activity.parquet", "user_id", USER_ACTIVITY_FIELDS),
     USER_HISTORY: ("user_history.parquet", "user_id", USER_HISTORY_FIELDS),
+    USER_REALTIME: ("user_realtime.parquet", "user_id", USER_REALTIME_FIELDS),
     ITEM_ACTIVITY: ("item_activity.parquet", "item_id", ITEM_ACTIVITY_FIELDS),
     ITEM_ATTRIBUTES: ("item_attributes.parquet", "item_id", ITEM_ATTRIBUTE_FIELDS),
 }
@@ -60,7 +71,7 @@ TABLES = {
 # Activity snapshots are only written when a window count changes, so a quiet entity's last row
 # stays valid for a long time; a year bounds how far back the offline join looks.
 ACTIVITY_TTL = timedelta(days=365)
-# Item attributes and the seen-items list are one row per entity: no lookback bound.
+# Item attributes, the seen-items list and the real-time state are one row per entity: no lookback bound.
 STATIC_TTL = timedelta(0)
 
 
@@ -88,6 +99,8 @@ def definitions(features_dir: Path) -> list:
             timestamp_field=TIMESTAMP,
             file_format=ParquetFormat(),
         )
+        if name == USER_REALTIME:
+            source = PushSource(name=USER_REALTIME_PUSH, batch_source=source)
         views.append(
             FeatureView(
                 name=name,

@@ -26,6 +26,8 @@ from feature_repo.definitions import TABLES, TIMESTAMP, definitions
 warnings.filterwarnings("ignore", message=r"fetch_arrow_table\(\) is deprecated", category=DeprecationWarning)
 
 PROFILES_DIR = Path(__file__).parent / "profiles"
+# Rewritten by every materialization, so serving processes know to drop cached feature values.
+MATERIALIZED_MARKER = "materialized.json"
 PROFILES = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
 ROW_ID = "__row_id"
 

@@ -6,7 +6,11 @@ Names follow Prometheus conventions: a ``recsys_`` namespace, base units in the 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -34,13 +38,17 @@ class ApiMetrics:
             "recsys_recommended_items_total", "Items recommended, by candidate source.",
             ["source"], registry=self.registry,
         )
-        self.log_dropped = Gauge(
-            "recsys_log_dropped_records", "Log records dropped because the writer queue was full.",
-            ["log"], registry=self.registry,
-        )
         self.model_info = Gauge(
             "recsys_model_info", "The bundle being served (value 1).", ["version"], registry=self.registry,
         )
+
+    def expose_counts(self, name: str, documentation: str, label: str, read: Callable[[], dict[str, float]]) -> None:
+        """A counter family whose values are read at scrape time from counts kept elsewhere.
+
+        Serving components count their own events (they must not depend on monitoring); this
+        exposes those counts without copying them on every request.
+        """
+        self.registry.register(_CountsCollector(name, documentation, label, read))
 
     def observe_stages(self, timings_ms: dict[str, float]) -> None:
         for stage, ms in timings_ms.items():
@@ -52,3 +60,14 @@ class ApiMetrics:
         if previous is not None:
             self.model_info.labels(version=previous).set(0)
         self.model_info.labels(version=version).set(1)
+
+
+class _CountsCollector(Collector):
+    def __init__(self, name: str, documentation: str, label: str, read: Callable[[], dict[str, float]]):
+        self.name, self.documentation, self.label, self.read = name, documentation, label, read
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=[self.label])
+        for value, count in self.read().items():
+            family.add_metric([value], count)
+        yield family

@@ -17,14 +17,16 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Res
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
-from feature_repo.store import open_store
+from feature_repo.store import MATERIALIZED_MARKER, open_store
 from monitoring.metrics import ApiMetrics
 from services.settings import Settings
 from serving.event_log import FEEDBACK_FILE, IMPRESSIONS_FILE, FeedbackRecord, LogWriter
 from serving.model import ServingModel, load_model
 from serving.online_features import OnlineFeatures
+from serving.realtime_features import InteractionEvent, RealtimeUpdater
 from serving.recommender import Recommendation, Recommender
 from training.bundle import BundleError, latest_bundle
+from training.features import next_snapshot
 
 Id = Annotated[str | int, Field(description="User or item id; integers are treated as their decimal string.")]
 
@@ -67,8 +69,8 @@ class ReloadRequest(BaseModel):
 
 
 def data_clock(model: ServingModel) -> Callable[[], float]:
-    """Time that starts just after the bundle's data ends and then runs with the wall clock."""
-    anchor, started = model.manifest.data_end_ts + 1, time.time()
+    """Time that starts at the snapshot closing the bundle's data and then runs with the wall clock."""
+    anchor, started = next_snapshot(model.manifest.data_end_ts), time.time()
     return lambda: anchor + (time.time() - started)
 
 
@@ -79,11 +81,23 @@ class Runtime:
         self.settings = settings
         self.metrics = ApiMetrics()
         store = open_store(settings.profile, settings.features_dir, settings.project, settings.redis_url)
-        self.features = OnlineFeatures(store)
         model = load_model(settings.bundle or latest_bundle(settings.bundles_dir))
+        self.features = OnlineFeatures(store, marker=settings.features_dir / MATERIALIZED_MARKER,
+                                       pinned_items=set(model.popular_items))
         self.impressions = LogWriter(settings.logs_dir / IMPRESSIONS_FILE)
         self.feedback = LogWriter(settings.logs_dir / FEEDBACK_FILE)
         self.clock = data_clock(model) if settings.clock == "data" else time.time
+        self.realtime = RealtimeUpdater(store, self.clock)
+        self.metrics.expose_counts(
+            "recsys_log_dropped_records", "Log records dropped because the writer queue was full.", "log",
+            lambda: {"impressions": self.impressions.dropped, "feedback": self.feedback.dropped})
+        self.metrics.expose_counts(
+            "recsys_realtime_feature_events", "Feedback events by outcome of the real-time feature push.",
+            "outcome", lambda: {"pushed": self.realtime.pushed, "dropped": self.realtime.dropped,
+                                "failed": self.realtime.failed})
+        cache = self.features.item_cache
+        self.metrics.expose_counts("recsys_item_feature_cache_lookups", "Item feature cache lookups by result.",
+                                   "result", lambda: {"hit": cache.hits, "miss": cache.misses})
         self.recommender = Recommender(model, self.features, self.impressions, self.clock,
                                        n_candidates=settings.n_candidates)
         self.metrics.set_model(model.version)
@@ -99,6 +113,7 @@ class Runtime:
     def close(self) -> None:
         self.impressions.close()
         self.feedback.close()
+        self.realtime.close()
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -169,6 +184,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         if not runtime.feedback.write(record):
             raise HTTPException(status_code=503, detail="feedback log is full; retry later")
+        if record.value > 0:  # a positive interaction: visible to the user's next request within seconds
+            runtime.realtime.submit(InteractionEvent(record.user_id, record.item_id, int(record.ts)))
         return {"status": "accepted"}
 
     @app.get("/healthz")
@@ -186,8 +203,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/metrics")
     def metrics(runtime: Runtime = Depends(get_runtime)) -> Response:
-        runtime.metrics.log_dropped.labels(log="impressions").set(runtime.impressions.dropped)
-        runtime.metrics.log_dropped.labels(log="feedback").set(runtime.feedback.dropped)
         return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/admin/reload")

@@ -160,10 +160,11 @@ def build_features(settings: Settings, data_dir: Path):
 
 
 def materialize_features(settings: Settings, store, dataset) -> None:
+    """Load every entity's latest row up to the instant serving starts (the snapshot after the data)."""
     from feature_repo.store import materialize
-    from training.features import DAY
+    from training.features import next_snapshot
 
-    materialize(store, dataset.start_ts - 2 * DAY, dataset.end_ts + 2 * DAY)
+    materialize(store, dataset.start_ts - 2 * 86_400, next_snapshot(dataset.end_ts))
 
 
 @features_app.command("apply")

@@ -24,10 +24,12 @@ import pandas as pd
 from feature_repo.definitions import (
     ITEM_ACTIVITY,
     ITEM_ATTRIBUTES,
+    RECENT_ITEMS,
     TABLES,
     TIMESTAMP,
     USER_ACTIVITY,
     USER_HISTORY,
+    USER_REALTIME,
 )
 from training.dataset import UNKNOWN_CATEGORY, Dataset
 
@@ -39,6 +41,7 @@ WINDOWS_DAYS = (1, 7, 30)
 class FeatureTables:
     user_activity: pd.DataFrame
     user_history: pd.DataFrame
+    user_realtime: pd.DataFrame
     item_activity: pd.DataFrame
     item_attributes: pd.DataFrame
     categories: list[str]
@@ -48,11 +51,21 @@ class FeatureTables:
         frames = {
             USER_ACTIVITY: self.user_activity,
             USER_HISTORY: self.user_history,
+            USER_REALTIME: self.user_realtime,
             ITEM_ACTIVITY: self.item_activity,
             ITEM_ATTRIBUTES: self.item_attributes,
         }
         for view, frame in frames.items():
             frame.to_parquet(features_dir / TABLES[view][0], index=False)
+
+
+def next_snapshot(ts: int) -> int:
+    """The first snapshot instant after ``ts``: the UTC midnight that closes its day.
+
+    Serving data that ends at ``ts`` starts its clock here and the online store is materialized
+    up to here, so an online read equals the point-in-time join at serving time.
+    """
+    return (ts // DAY + 1) * DAY
 
 
 def category_vocabulary(items: pd.DataFrame) -> list[str]:
@@ -224,6 +237,34 @@ def _user_history(interactions: pd.DataFrame, end_ts: int) -> pd.DataFrame:
     )
 
 
+def realtime_state(items: list[str], ts: list[int]) -> dict:
+    """The ``rt_*`` feature values of a user from their events (any order).
+
+    The single definition used to seed the real-time view from batch data and to update it from
+    POST /feedback: the last RECENT_ITEMS events, most recent first, and the events in the hour
+    before the last one.
+    """
+    order = np.argsort(-np.asarray(ts, dtype=np.int64), kind="stable")[:RECENT_ITEMS]
+    recent_ts = [int(ts[i]) for i in order]
+    last = recent_ts[0] if recent_ts else 0
+    return {
+        "rt_recent_items": [str(items[i]) for i in order],
+        "rt_recent_ts": recent_ts,
+        "rt_clicks_1h": sum(1 for t in recent_ts if t > last - 3600),
+        "rt_last_event_ts": last,
+    }
+
+
+def _user_realtime(interactions: pd.DataFrame, snapshot_ts: int) -> pd.DataFrame:
+    latest = interactions.sort_values("ts", kind="stable").groupby("user_id", sort=True).tail(RECENT_ITEMS)
+    rows = [
+        {"user_id": user, TIMESTAMP: pd.Timestamp(snapshot_ts, unit="s", tz="UTC"),
+         **realtime_state(group["item_id"].tolist(), group["ts"].tolist())}
+        for user, group in latest.groupby("user_id", sort=True)
+    ]
+    return pd.DataFrame(rows, columns=["user_id", TIMESTAMP, *realtime_state([], []).keys()])
+
+
 def build_feature_tables(dataset: Dataset) -> FeatureTables:
     """Compute every feature view's table from a dataset (all of it: the joins pick the right rows)."""
     interactions = dataset.interactions
@@ -232,10 +273,11 @@ def build_feature_tables(dataset: Dataset) -> FeatureTables:
     codes_by_item = pd.Series(item_category_codes(items, categories), index=items["item_id"])
     event_categories = codes_by_item.reindex(interactions["item_id"]).fillna(0).to_numpy(dtype=np.int64)
     available = item_available_ts(dataset).to_numpy()
-    history_ts = (dataset.end_ts // DAY + 1) * DAY
+    history_ts = next_snapshot(dataset.end_ts)
     return FeatureTables(
         user_activity=_user_activity(interactions, event_categories, len(categories)),
         user_history=_user_history(interactions, history_ts),
+        user_realtime=_user_realtime(interactions, history_ts),
         item_activity=_item_activity(interactions, dataset.impressions, items, available),
         item_attributes=_item_attributes(items, categories, available),
         categories=categories,
