@@ -121,7 +121,9 @@ def list_bundles(bundles_dir: Path) -> list[Path]:
     """Published bundles, oldest first (versions sort by creation time)."""
     if not bundles_dir.exists():
         return []
-    return sorted(p for p in bundles_dir.iterdir() if p.is_dir() and (p / MANIFEST).exists())
+    return sorted(
+        p for p in bundles_dir.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).exists()
+    )
 
 
 def latest_bundle(bundles_dir: Path) -> Path:

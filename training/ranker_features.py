@@ -46,7 +46,7 @@ def _column(frame: pd.DataFrame, name: str, default: float) -> np.ndarray:
 def _category_share(users: pd.DataFrame, category_idx: np.ndarray) -> np.ndarray:
     """The user's share of interactions in the item's category, 0 when unknown."""
     out = np.zeros(len(users), dtype=np.float64)
-    shares = users["u_category_share"].to_numpy() if "u_category_share" in users.columns else []
+    shares = users["u_category_share"].to_numpy() if "u_category_share" in users.columns else [None] * len(users)
     for row, (share, idx) in enumerate(zip(shares, category_idx, strict=True)):
         if share is not None and 0 <= idx < len(share):
             out[row] = share[int(idx)]
