@@ -68,11 +68,12 @@ TABLES = {
     ITEM_ATTRIBUTES: ("item_attributes.parquet", "item_id", ITEM_ATTRIBUTE_FIELDS),
 }
 
-# Activity snapshots are only written when a window count changes, so a quiet entity's last row
-# stays valid for a long time; a year bounds how far back the offline join looks.
-ACTIVITY_TTL = timedelta(days=365)
-# Item attributes, the seen-items list and the real-time state are one row per entity: no lookback bound.
-STATIC_TTL = timedelta(0)
+# Every view's TTL (Feast: how far back the offline join looks; 0 = no bound). Activity snapshots are
+# written only when a window count changes, and the last one (written when the entity's last event
+# leaves the 30-day window) stays true until the entity acts again; attributes, the seen-items list
+# and the real-time state are one row per entity. So no bound is correct: with one, a user idle for
+# longer than it would look brand new.
+TTL = timedelta(0)
 
 
 def feature_names(view: str) -> list[str]:
@@ -89,7 +90,6 @@ def definitions(features_dir: Path) -> list:
     user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.STRING)
     item = Entity(name="item", join_keys=["item_id"], value_type=ValueType.STRING)
     entities = {"user_id": user, "item_id": item}
-    ttls = {USER_ACTIVITY: ACTIVITY_TTL, ITEM_ACTIVITY: ACTIVITY_TTL}
 
     views = []
     for name, (file_name, key, fields) in TABLES.items():
@@ -105,7 +105,7 @@ def definitions(features_dir: Path) -> list:
             FeatureView(
                 name=name,
                 entities=[entities[key]],
-                ttl=ttls.get(name, STATIC_TTL),
+                ttl=TTL,
                 schema=fields,
                 source=source,
                 online=True,

@@ -82,7 +82,8 @@ def historical(store: FeatureStore, entity_df: pd.DataFrame, features: list[str]
     if TIMESTAMP not in entity_df.columns:
         raise FeatureStoreError(f"entity frame needs an {TIMESTAMP!r} column")
     frame = entity_df.reset_index(drop=True).copy()
-    frame[TIMESTAMP] = pd.to_datetime(frame[TIMESTAMP], utc=True)
+    # Microsecond precision: the offline store's Arrow conversion refuses to drop nanoseconds.
+    frame[TIMESTAMP] = pd.to_datetime(frame[TIMESTAMP], utc=True).dt.floor("us")
     frame[ROW_ID] = range(len(frame))
     result = store.get_historical_features(entity_df=frame, features=features).to_df()
     if len(result) != len(frame) or result[ROW_ID].nunique() != len(frame):

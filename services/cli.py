@@ -160,11 +160,14 @@ def build_features(settings: Settings, data_dir: Path):
 
 
 def materialize_features(settings: Settings, store, dataset) -> None:
-    """Load every entity's latest row up to the instant serving starts (the snapshot after the data)."""
+    """Load every entity's latest row up to the instant serving starts (the snapshot after the data).
+
+    The window starts at the epoch: static rows (item attributes) can be far older than the data.
+    """
     from feature_repo.store import materialize
     from training.features import next_snapshot
 
-    materialize(store, dataset.start_ts - 2 * 86_400, next_snapshot(dataset.end_ts))
+    materialize(store, 0, next_snapshot(dataset.end_ts))
 
 
 @features_app.command("apply")
@@ -299,6 +302,27 @@ def recommend_batch_command(
                            parse_time(as_of), k, settings.n_candidates)
     recs.to_csv(out, index=False)
     console.print(f"{len(recs):,} recommendations for {len(user_ids):,} users → {out}")
+
+
+@app.command("skew")
+@handle_errors
+def skew_command(
+    logs: Annotated[Path, typer.Option(help="Impression log (JSON lines) with the served features.")],
+    threshold: Annotated[float, typer.Option(help="Flag a feature above this mismatch rate.")] = 0.0,
+    prometheus_out: Annotated[Path | None, typer.Option(help="Also write Prometheus gauges to this file.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    home: Home = None,
+) -> None:
+    """Training/serving skew: served feature values vs the offline point-in-time join. Exit 3 if any is flagged."""
+    from monitoring.skew import check_skew, write_prometheus
+    from serving.event_log import read_records
+
+    report = check_skew(open_feature_store(settings_for(home)), read_records(logs), threshold)
+    print(json.dumps(report.to_dict(), indent=2) if as_json else report.table())
+    if prometheus_out:
+        write_prometheus(report, prometheus_out)
+    if report.flagged:
+        raise typer.Exit(3)
 
 
 # --- serving ------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import pytest
 from feast import FeatureStore
 from feast.repo_config import RepoConfig
 
-from feature_repo.definitions import ACTIVITY_TTL, TIMESTAMP, USER_ACTIVITY, feature_refs
+from feature_repo.definitions import TIMESTAMP, TTL, USER_ACTIVITY, feature_refs
 from feature_repo.store import FeatureStoreError, apply, historical, open_store, render_profile
 from training.dataset import Dataset
 from training.features import DAY, build_feature_tables
@@ -32,10 +32,12 @@ def world(tmp_path_factory):
 
 
 def brute_force(table: pd.DataFrame, key: str, entity_df: pd.DataFrame, column: str, ttl_s: int) -> list:
-    """Latest row with ts in [t - ttl, t] per entity row, else None (Feast's documented semantics)."""
+    """Latest row with ts in [t - ttl, t] (ttl 0: no lower bound) per entity row, else None (Feast's semantics)."""
     out = []
     for entity, when in zip(entity_df[key], entity_df[TIMESTAMP], strict=True):
-        eligible = (table[TIMESTAMP] <= when) & (table[TIMESTAMP] >= when - pd.Timedelta(seconds=ttl_s))
+        eligible = table[TIMESTAMP] <= when
+        if ttl_s:
+            eligible &= table[TIMESTAMP] >= when - pd.Timedelta(seconds=ttl_s)
         rows = table[(table[key] == entity) & eligible]
         out.append(None if rows.empty else rows.sort_values(TIMESTAMP)[column].iloc[-1])
     return out
@@ -58,7 +60,7 @@ def test_historical_join_equals_brute_force(world):
     assert len(joined) == len(entity_df)
     assert (joined["user_id"].to_numpy() == entity_df["user_id"].to_numpy()).all()  # order kept
     for column in ("u_events_7d", "u_events_total", "u_last_event_ts"):
-        expected = brute_force(tables.user_activity, "user_id", entity_df, column, int(ACTIVITY_TTL.total_seconds()))
+        expected = brute_force(tables.user_activity, "user_id", entity_df, column, int(TTL.total_seconds()))
         got = joined[column].tolist()
         for e, g in zip(expected, got, strict=True):
             assert (e is None and pd.isna(g)) or e == g
