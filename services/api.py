@@ -7,6 +7,7 @@ endpoints such as the health checks.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
@@ -68,9 +69,19 @@ class ReloadRequest(BaseModel):
     bundle: str | None = Field(None, description="Bundle directory; the newest in the work directory when omitted.")
 
 
-def data_clock(model: ServingModel) -> Callable[[], float]:
-    """Time that starts at the snapshot closing the bundle's data and then runs with the wall clock."""
-    anchor, started = next_snapshot(model.manifest.data_end_ts), time.time()
+def data_clock(model: ServingModel, marker: Path) -> Callable[[], float]:
+    """Serving time for simulated or historical data: the snapshot closing the bundle's data, as of
+    the last materialization, running with the wall clock since then.
+
+    Anchoring at the materialization (not at process start) keeps time moving forward across
+    restarts and worker processes, which the online store needs: Redis ignores a pushed row that
+    is not newer than the one it holds.
+    """
+    anchor = next_snapshot(model.manifest.data_end_ts)
+    try:
+        started = json.loads(marker.read_text())["at"]
+    except (FileNotFoundError, KeyError, ValueError):
+        started = time.time()
     return lambda: anchor + (time.time() - started)
 
 
@@ -82,11 +93,11 @@ class Runtime:
         self.metrics = ApiMetrics()
         store = open_store(settings.profile, settings.features_dir, settings.project, settings.redis_url)
         model = load_model(settings.bundle or latest_bundle(settings.bundles_dir))
-        self.features = OnlineFeatures(store, marker=settings.features_dir / MATERIALIZED_MARKER,
-                                       pinned_items=set(model.popular_items))
+        marker = settings.features_dir / MATERIALIZED_MARKER
+        self.features = OnlineFeatures(store, marker=marker, pinned_items=set(model.popular_items))
         self.impressions = LogWriter(settings.logs_dir / IMPRESSIONS_FILE)
         self.feedback = LogWriter(settings.logs_dir / FEEDBACK_FILE)
-        self.clock = data_clock(model) if settings.clock == "data" else time.time
+        self.clock = data_clock(model, marker) if settings.clock == "data" else time.time
         self.realtime = RealtimeUpdater(store, self.clock)
         self.metrics.expose_counts(
             "recsys_log_dropped_records", "Log records dropped because the writer queue was full.", "log",

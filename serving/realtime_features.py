@@ -80,7 +80,7 @@ class RealtimeUpdater:
         current = self.store.get_online_features(features=self._refs, entity_rows={"user_id": users}).to_dict()
         # The row's event time is the push time, not the events' (clients may send past times, and
         # Redis ignores a row older than the one it holds); the events keep their own times.
-        pushed_at = pd.Timestamp(int(self.clock()), unit="s", tz="UTC")
+        pushed_at = pd.Timestamp(self.clock(), unit="s", tz="UTC")
         rows = []
         for i, user in enumerate(users):
             items = list(current["rt_recent_items"][i] or [])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from pathlib import Path
 
@@ -40,6 +41,29 @@ def check_recommendations(server, home):
     assert len(cold["items"]) == 10
     assert {it["source"] for it in cold["items"]} == {"popular"}
     return body
+
+
+def check_freshness(server, home, user):
+    """A click is excluded from the user's very next recommendations, and their real-time features move."""
+    before = httpx.get(f"{server.url}/recommend", params={"user_id": user, "k": 10}).json()
+    clicked = before["items"][0]["item_id"]
+    event = {"request_id": before["request_id"], "user_id": user, "item_id": clicked, "event": "click"}
+    assert httpx.post(f"{server.url}/feedback", json=event).status_code == 202
+    deadline = time.monotonic() + 2.0
+    while True:
+        after = httpx.get(f"{server.url}/recommend", params={"user_id": user, "k": 10}).json()
+        if clicked not in {it["item_id"] for it in after["items"]}:
+            break
+        assert time.monotonic() < deadline, (
+            f"{clicked} still recommended 2 s after the click: "
+            + str([line for line in httpx.get(f"{server.url}/metrics").text.splitlines() if "realtime" in line]))
+        time.sleep(0.05)
+    return clicked, after["request_id"]
+
+
+def served_user_features(home, request_id):
+    record = next(r for r in read_records(home / "logs" / "impressions.jsonl") if r["request_id"] == request_id)
+    return record["features"]["user"]
 
 
 def test_recommend_over_http_on_sqlite(copy_of_demo_home):
@@ -112,3 +136,17 @@ def test_recommend_over_http_on_redis(copy_of_demo_home, redis_project):
     with running_server(home, env=env) as server:
         check_recommendations(server, home)
         assert httpx.get(f"{server.url}/readyz").json()["status"] == "ready"
+        clicked, request_id = check_freshness(server, home, "u002")
+    assert served_user_features(home, request_id)["rt_recent_items"][0] == clicked
+
+
+def test_feedback_is_visible_to_the_next_request_on_sqlite(copy_of_demo_home):
+    home = copy_of_demo_home
+    with running_server(home) as server:
+        first = httpx.get(f"{server.url}/recommend", params={"user_id": "u003", "k": 1}).json()
+        clicked, request_id = check_freshness(server, home, "u003")
+    before, after = served_user_features(home, first["request_id"]), served_user_features(home, request_id)
+    assert after["rt_recent_items"][0] == clicked
+    assert after["rt_recent_items"][1:] == before["rt_recent_items"][: len(after["rt_recent_items"]) - 1]
+    assert after["rt_last_event_ts"] > before["rt_last_event_ts"]
+    assert after["u_events_total"] == before["u_events_total"]  # batch features unchanged
