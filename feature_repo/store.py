@@ -9,7 +9,9 @@
 
 from __future__ import annotations
 
+import json
 import string
+import time
 import warnings
 from datetime import UTC, datetime
 from pathlib import Path
@@ -55,7 +57,7 @@ def open_store(profile: str, features_dir: Path, project: str, redis_url: str) -
     config = render_profile(profile, features_dir, project, redis_url)
     features_dir.mkdir(parents=True, exist_ok=True)
     (features_dir / "feature_store.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    return FeatureStore(config=RepoConfig(repo_path=features_dir, **config))
+    return FeatureStore(repo_path=str(features_dir), config=RepoConfig(repo_path=features_dir, **config))
 
 
 def apply(store: FeatureStore, features_dir: Path) -> None:
@@ -71,6 +73,8 @@ def materialize(store: FeatureStore, start_ts: int, end_ts: int) -> None:
         start_date=datetime.fromtimestamp(start_ts, tz=UTC),
         end_date=datetime.fromtimestamp(end_ts, tz=UTC),
     )
+    marker = Path(store.repo_path) / MATERIALIZED_MARKER
+    marker.write_text(json.dumps({"start_ts": start_ts, "end_ts": end_ts, "at": time.time()}))
 
 
 def historical(store: FeatureStore, entity_df: pd.DataFrame, features: list[str]) -> pd.DataFrame:

@@ -88,7 +88,7 @@ def test_guard_rejects_a_join_that_dropped_rows(world):
     dataset, _, _, features_dir = world
     config = render_profile("embedded", features_dir, "pit_test", "redis://127.0.0.1:6379/0")
     config["offline_store"] = {"type": "file"}
-    dask_store = FeatureStore(config=RepoConfig(repo_path=features_dir, **config))
+    dask_store = FeatureStore(repo_path=str(features_dir), config=RepoConfig(repo_path=features_dir, **config))
     user = dataset.interactions["user_id"].iloc[-1]
     entity_df = pd.DataFrame({"user_id": [user, user], TIMESTAMP: pd.to_datetime(
         [dataset.end_ts + DAY, dataset.start_ts - DAY], unit="s", utc=True)})

@@ -1,0 +1,133 @@
+"""The item feature cache and real-time feature updates, on a real Feast store (SQLite and Redis)."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import pandas as pd
+import pytest
+import redis
+
+from feature_repo.definitions import RECENT_ITEMS, USER_REALTIME, feature_refs
+from feature_repo.store import MATERIALIZED_MARKER, apply, materialize, open_store
+from serving.item_cache import ItemFeatureCache
+from serving.online_features import ITEM_FEATURES, OnlineFeatures
+from serving.realtime_features import InteractionEvent, RealtimeUpdater
+from training.features import build_feature_tables, next_snapshot, realtime_state
+from training.simulator import SimConfig, Simulator
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+class CountingFetch:
+    def __init__(self):
+        self.calls: list[list[str]] = []
+
+    def __call__(self, ids: list[str]) -> pd.DataFrame:
+        self.calls.append(list(ids))
+        return pd.DataFrame({"a": [f"{i}-a" for i in ids], "b": [len(i) for i in ids]})
+
+
+def test_cache_fetches_only_misses_in_one_call_and_keeps_order():
+    fetch = CountingFetch()
+    cache = ItemFeatureCache(fetch, ["a", "b"])
+    first = cache.get(["x", "y"])
+    second = cache.get(["y", "z", "x", "y"])
+    assert fetch.calls == [["x", "y"], ["z"]]
+    assert list(second["a"]) == ["y-a", "z-a", "x-a", "y-a"]
+    assert list(first["a"]) == ["x-a", "y-a"]
+    assert (cache.hits, cache.misses) == (3, 3)
+
+
+def test_cache_expires_entries_and_evicts_least_recently_used_but_never_pinned():
+    now = [0.0]
+    fetch = CountingFetch()
+    cache = ItemFeatureCache(fetch, ["a", "b"], capacity=2, ttl_s=10, pinned={"hot"}, clock=lambda: now[0])
+    cache.get(["hot", "x"])
+    cache.get(["y"])  # over capacity: x (least recently used, not pinned) goes
+    cache.get(["hot", "y"])
+    assert fetch.calls == [["hot", "x"], ["y"]]
+    cache.get(["x"])
+    assert fetch.calls[-1] == ["x"]
+    now[0] = 11.0  # every entry is older than the TTL
+    cache.get(["hot"])
+    assert fetch.calls[-1] == ["hot"]
+
+
+def test_cache_drops_everything_when_the_materialization_marker_changes(tmp_path):
+    now = [0.0]
+    marker = tmp_path / MATERIALIZED_MARKER
+    marker.write_text("{}")
+    fetch = CountingFetch()
+    cache = ItemFeatureCache(fetch, ["a", "b"], marker=marker, clock=lambda: now[0])
+    cache.get(["x"])
+    time.sleep(0.01)
+    marker.write_text('{"again": 1}')
+    now[0] = 2.0
+    cache.get(["x"])
+    assert fetch.calls == [["x"], ["x"]]
+
+
+def test_realtime_state_keeps_the_latest_events_first_and_counts_the_last_hour():
+    items = [f"i{n}" for n in range(RECENT_ITEMS + 5)]
+    ts = [1_000_000 + 600 * n for n in range(len(items))]  # one event every 10 minutes
+    state = realtime_state(items, ts)
+    assert state["rt_recent_items"] == items[::-1][:RECENT_ITEMS]
+    assert state["rt_last_event_ts"] == ts[-1]
+    assert state["rt_clicks_1h"] == 6  # the last event and the five before it, strictly within the hour
+    assert realtime_state([], []) == {"rt_recent_items": [], "rt_recent_ts": [], "rt_clicks_1h": 0,
+                                      "rt_last_event_ts": 0}
+
+
+@pytest.fixture(scope="module")
+def world():
+    return Simulator(SimConfig.preset("tiny", seed=5)).generate()
+
+
+@pytest.fixture(params=["embedded", "redis"])
+def materialized_store(request, world, tmp_path):
+    project = f"rt_test_{uuid.uuid4().hex[:8]}"
+    store = open_store(request.param, tmp_path, project, REDIS_URL)
+    build_feature_tables(world).write(tmp_path)
+    apply(store, tmp_path)
+    materialize(store, 0, next_snapshot(world.end_ts))
+    yield store
+    if request.param == "redis":
+        client = redis.Redis.from_url(REDIS_URL)
+        for key in client.scan_iter(match=b"*" + project.encode()):
+            client.delete(key)
+
+
+def test_feedback_events_are_pushed_in_batches_and_readable(world, materialized_store):
+    store = materialized_store
+    user = world.interactions["user_id"].iloc[-1]
+    before = OnlineFeatures(store).user(user)
+    clock_ts = next_snapshot(world.end_ts) + 5.5
+    updater = RealtimeUpdater(store, clock=lambda: clock_ts)
+    for n in range(3):
+        updater.submit(InteractionEvent(user, f"new-{n}", int(clock_ts) - 10 + n))
+    updater.submit(InteractionEvent("brand-new-user", "i001", int(clock_ts)))
+    updater.close()
+    assert (updater.pushed, updater.failed, updater.dropped) == (4, 0, 0)
+
+    after = OnlineFeatures(store).user(user)
+    assert after.values["rt_recent_items"][:3] == ["new-2", "new-1", "new-0"]
+    assert after.values["rt_recent_items"][3:] == before.values["rt_recent_items"][: RECENT_ITEMS - 3]
+    assert {"new-0", "new-1", "new-2"} <= after.seen_items and before.seen_items <= after.seen_items
+    assert after.values["u_events_total"] == before.values["u_events_total"]
+    fresh = store.get_online_features(features=feature_refs(USER_REALTIME),
+                                      entity_rows=[{"user_id": "brand-new-user"}]).to_dict()
+    assert fresh["rt_recent_items"] == [["i001"]]
+
+
+def test_online_item_reads_match_the_store_and_are_cached(world, materialized_store):
+    features = OnlineFeatures(materialized_store)
+    items = list(world.items["item_id"][:50])
+    direct = features.fetch_items(items)
+    cached_once, cached_twice = features.items(items), features.items(items)
+    pd.testing.assert_frame_equal(direct[ITEM_FEATURES], cached_once)
+    pd.testing.assert_frame_equal(cached_once, cached_twice)
+    assert features.item_cache.misses == 50 and features.item_cache.hits == 50
+    assert json.loads((materialized_store.repo_path / MATERIALIZED_MARKER).read_text())["end_ts"] > 0
