@@ -6,15 +6,18 @@ drains the queue in batches, reads the affected users' current real-time state f
 store, folds the new events in (``training.features.realtime_state``, the same definition that
 seeds the view from batch data) and writes all of them back with one Feast push.
 
-One writer thread per process serialises updates of a user within the process. Batching is
-what keeps up with load: a Feast push costs ~10-20 ms whatever its size, so pushing per event
-would cap a process near 50-100 events/s, while a batch push serves them all at once.
+One writer thread per process serialises updates of a user within the process. Micro-batching is
+what keeps up with load: a Feast push costs ~7 ms of fixed overhead (Redis, 1 user) and ~10 ms for
+50 users, so pushing per event takes most of a core at 100 events/s. The thread therefore collects
+events for up to BATCH_WINDOW_S after the first one and pushes them together: at most that much
+added latency, a fraction of the CPU.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,6 +29,7 @@ from feature_repo.definitions import TIMESTAMP, USER_REALTIME, USER_REALTIME_PUS
 from training.features import realtime_state
 
 MAX_BATCH = 500
+BATCH_WINDOW_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -63,8 +67,12 @@ class RealtimeUpdater:
     def _run(self) -> None:
         while True:
             batch = [self._queue.get()]
-            while len(batch) < MAX_BATCH and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+            deadline = time.monotonic() + BATCH_WINDOW_S
+            while len(batch) < MAX_BATCH and batch[-1] is not None:
+                try:
+                    batch.append(self._queue.get(timeout=max(0.0, deadline - time.monotonic())))
+                except queue.Empty:
+                    break
             events = [e for e in batch if e is not None]
             if events:
                 try:
@@ -80,7 +88,7 @@ class RealtimeUpdater:
         current = self.store.get_online_features(features=self._refs, entity_rows={"user_id": users}).to_dict()
         # The row's event time is the push time, not the events' (clients may send past times, and
         # Redis ignores a row older than the one it holds); the events keep their own times.
-        pushed_at = pd.Timestamp(self.clock(), unit="s", tz="UTC")
+        pushed_at = pd.Timestamp(self.clock(), unit="s", tz="UTC").floor("us")
         rows = []
         for i, user in enumerate(users):
             items = list(current["rt_recent_items"][i] or [])
