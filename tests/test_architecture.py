@@ -40,6 +40,12 @@ def test_folders_import_only_to_their_left(folder):
         assert not wrong, f"{path.relative_to(ROOT)} imports {wrong}"
 
 
+def test_gpu_imports_only_training():
+    for path in python_files("gpu"):
+        wrong = imported_roots(path) & {"feature_repo", "serving", "monitoring", "services"}
+        assert not wrong, f"{path.relative_to(ROOT)} imports {wrong}"
+
+
 @pytest.mark.parametrize("target", TORCH_FREE)
 def test_serving_path_never_imports_torch(target):
     for path in python_files(target):

@@ -96,7 +96,10 @@ def train_bundle(
     dataset: Dataset, store: FeatureStore, bundles_dir: Path, config: TrainConfig,
     on_step: Callable[[str], None] = lambda _: None,
     on_epoch: Callable[[int, int, float], None] | None = None,
+    train_towers: Callable[..., tuple[np.ndarray, np.ndarray, list[float]]] = train_two_tower,
 ) -> TrainResult:
+    """Train, evaluate and publish a bundle. ``train_towers`` (same signature as ``train_two_tower``)
+    is where the distributed trainer (``gpu/train.py``) plugs in; everything else is shared."""
     t0, split = split_times(dataset, config)
     item_ids = dataset.items["item_id"].astype(str).tolist()
     history = dataset.interactions[dataset.interactions["ts"] < t0]
@@ -107,7 +110,7 @@ def train_bundle(
     inputs = tower_inputs(store, user_ids, item_ids, t0, len(categories))
     user_index = {u: i + 1 for i, u in enumerate(user_ids)}
     item_index = {it: i + 1 for i, it in enumerate(item_ids)}
-    user_vectors, item_vectors, losses = train_two_tower(
+    user_vectors, item_vectors, losses = train_towers(
         history["user_id"].map(user_index).to_numpy(), history["item_id"].map(item_index).to_numpy(),
         inputs, config.two_tower, progress=on_epoch,
     )
@@ -155,6 +158,7 @@ def train_bundle(
             "evaluation": asdict(report),
             "onnx_parity": parity.to_dict(),
             "two_tower_losses": losses,
+            "two_tower_trainer": f"{train_towers.__module__}.{train_towers.__qualname__}",
             "ranker_examples": int(len(examples.labels)),
             "ranker_positives": int(examples.labels.sum()),
             "split": {"t0": t0, "split": split},
