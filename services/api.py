@@ -22,6 +22,7 @@ from feature_repo.store import MATERIALIZED_MARKER, open_store
 from monitoring.metrics import ApiMetrics
 from services.settings import Settings
 from serving.event_log import FEEDBACK_FILE, IMPRESSIONS_FILE, FeedbackRecord, LogWriter
+from serving.exploration import make_policy
 from serving.model import ServingModel, load_model
 from serving.online_features import OnlineFeatures
 from serving.realtime_features import InteractionEvent, RealtimeUpdater
@@ -110,7 +111,8 @@ class Runtime:
         self.metrics.expose_counts("recsys_item_feature_cache_lookups", "Item feature cache lookups by result.",
                                    "result", lambda: {"hit": cache.hits, "miss": cache.misses})
         self.recommender = Recommender(model, self.features, self.impressions, self.clock,
-                                       n_candidates=settings.n_candidates)
+                                       policy=make_policy(settings.policy, settings.policy_params),
+                                       n_candidates=settings.n_candidates, log_candidates=settings.log_candidates)
         self.metrics.set_model(model.version)
 
     def swap_model(self, path: Path) -> tuple[str, str]:
@@ -197,6 +199,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise HTTPException(status_code=503, detail="feedback log is full; retry later")
         if record.value > 0:  # a positive interaction: visible to the user's next request within seconds
             runtime.realtime.submit(InteractionEvent(record.user_id, record.item_id, int(record.ts)))
+        observe = getattr(runtime.recommender.policy, "observe", None)  # bandit policies learn from clicks
+        if observe is not None and record.event == "click":
+            observe(record.item_id, record.value)
         return {"status": "accepted"}
 
     @app.get("/healthz")

@@ -30,7 +30,7 @@ features_app = typer.Typer(help="Feast feature store operations.", no_args_is_he
 app.add_typer(data_app, name="data")
 app.add_typer(features_app, name="features")
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 Home = Annotated[Path | None, typer.Option("--home", help="Work directory (default: $RECSYS_HOME or ./recsys-work).")]
 
 
@@ -54,6 +54,8 @@ def handle_errors(command: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
+        except typer.Exit:
+            raise
         except Exception as exc:
             if not is_user_error(exc):
                 raise
@@ -325,6 +327,9 @@ def skew_command(
         raise typer.Exit(3)
 
 
+# --- the whole stack as local processes (docker-compose.yml without Docker) ---------------------
+
+
 # --- serving ------------------------------------------------------------------------------------
 
 
@@ -376,6 +381,83 @@ def demo(
         # Serve from a fresh process: this one has imported torch for training, serving must not.
         command = [sys.executable, "-m", "services.cli", "serve", "--home", str(settings.home)]
         os.execv(sys.executable, command + (["--port", str(port)] if port else []))
+
+
+# --- off-policy evaluation ----------------------------------------------------------------------
+
+
+def parse_params(value: str, option: str) -> dict:
+    try:
+        params = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise CliError(f"{option}: not JSON ({exc.msg}): {value!r}") from exc
+    if not isinstance(params, dict):
+        raise CliError(f"{option}: expected a JSON object, got {value!r}")
+    return params
+
+
+@app.command("ope")
+@handle_errors
+def ope_command(
+    logs: Annotated[Path | None, typer.Option(
+        help="Impression log (JSON lines) or logs directory, or flattened rows (CSV/Parquet; see docs/ope.md). "
+             "Default: the work directory's logs.")] = None,
+    feedback: Annotated[Path | None, typer.Option(help="Feedback log (default: feedback.jsonl beside it).")] = None,
+    window_s: Annotated[float, typer.Option("--window-s", help="Attribution window after an impression.")] = 3600.0,
+    event: Annotated[list[str] | None, typer.Option(help="Feedback event counted as reward (repeatable).")] = None,
+    target_policy: Annotated[str | None, typer.Option(
+        "--target-policy", "--candidate", help="Policy to evaluate on the logged candidates, e.g. softmax.")] = None,
+    target_params: Annotated[str, typer.Option(
+        "--target-params", "--candidate-params", help="Its params as a JSON object.")] = "{}",
+    baseline: Annotated[str | None, typer.Option(
+        help="Safe rollout: 'current' (the logged traffic) or a policy name; refuse the candidate if its lower "
+             "95% bound is more than --tolerance below the baseline's estimate.")] = None,
+    baseline_params: Annotated[str, typer.Option(help="The baseline policy's params (JSON).")] = "{}",
+    estimator: Annotated[str, typer.Option(help="Estimator the rollout check uses.")] = "dr",
+    tolerance: Annotated[float, typer.Option(min=0.0, max=1.0, help="Allowed loss, share of the baseline.")] = 0.05,
+    clip: Annotated[float | None, typer.Option(min=0.0, help="Clip IPS weights at this value.")] = None,
+    switch_tau: Annotated[float, typer.Option(min=0.0, help="Switch-DR: DM for rows with larger weights.")] = 10.0,
+    bootstrap: Annotated[int, typer.Option(min=50, help="Bootstrap resamples for the intervals.")] = 500,
+    seed: int = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    home: Home = None,
+) -> None:
+    """Off-policy estimates (IPS, SNIPS, DM, DR, Switch-DR, SNDR) from logs; with --baseline, a rollout gate."""
+    from monitoring.ope import collect, counts_from_rows, evaluate, gate, logged_evidence
+    from serving.event_log import TARGET_PROPENSITY, load_logs
+    from serving.exploration import make_policy
+
+    flat = load_logs(logs or settings_for(home).logs_dir, feedback, window_s, event or ["click"])
+    options = {"clip": clip, "switch_tau": switch_tau, "n_boot": bootstrap, "seed": seed}
+
+    def report_for(name: str, params_json: str, option: str):
+        params = parse_params(params_json, option)
+        policy = make_policy(name, params, counts=counts_from_rows(flat.rows))
+        return evaluate(collect(flat, policy), f"{name} {json.dumps(params, sort_keys=True)}", **options)
+
+    if target_policy:
+        report = report_for(target_policy, target_params, "--target-params")
+    elif TARGET_PROPENSITY in flat.rows.columns:
+        report = evaluate(collect(flat), "per-row target_propensity", **options)
+    else:
+        report = evaluate(logged_evidence(flat), "current (the logged traffic)", **options)
+    out: dict = {"report": report.to_dict()}
+    decision = None
+    if baseline is not None:
+        if not target_policy and TARGET_PROPENSITY not in flat.rows.columns:
+            raise CliError("--baseline needs a candidate: --candidate NAME or rows with target_propensity")
+        if baseline == "current":
+            reference = evaluate(logged_evidence(flat), "current", **options).estimates["ips"]
+        else:
+            reference = report_for(baseline, baseline_params, "--baseline-params").estimates[estimator]
+        decision = gate(report, reference, estimator, tolerance)
+        out["baseline"] = {"name": baseline, "value": reference.value, "low": reference.low, "high": reference.high}
+        out["decision"] = {"accepted": decision.accepted, "reason": decision.reason}
+    print(json.dumps(out, indent=2) if as_json else report.table())
+    if decision is not None:
+        print(decision.reason, file=sys.stderr)
+        if not decision.accepted:
+            raise typer.Exit(2)
 
 
 def main() -> None:

@@ -9,7 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from pydantic import model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from serving.exploration import make_policy
 
 
 class Settings(BaseSettings):
@@ -30,8 +33,24 @@ class Settings(BaseSettings):
     # Bearer token for /admin endpoints; empty disables them (401).
     admin_token: str = ""
     n_candidates: int = 300
+    # Exploration policy (serving/exploration.py: greedy, epsilon_greedy, softmax, thompson, squarecb)
+    # and its params as JSON, e.g. RECSYS_POLICY=softmax RECSYS_POLICY_PARAMS='{"temperature": 0.3}'.
+    policy: str = "greedy"
+    policy_params: dict = {}
+    # Top-M ranked candidates (ids and scores) written to every impression, for off-policy evaluation.
+    log_candidates: int = 50
     host: str = "127.0.0.1"
     port: int = 8000
+
+    @model_validator(mode="after")
+    def _check_policy(self) -> Settings:
+        """Refuse an unknown policy, bad params or too few logged candidates at startup, not per request."""
+        policy = make_policy(self.policy, self.policy_params)
+        needed = getattr(policy, "protected", 0) + getattr(policy, "pool", 0)
+        if self.log_candidates < needed:
+            raise ValueError(f"log_candidates ({self.log_candidates}) must cover the policy's protected + pool "
+                             f"candidates ({needed}), or its propensities cannot be recomputed from the logs")
+        return self
 
     @property
     def data_dir(self) -> Path:

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from serving.event_log import ImpressionRecord, LogWriter, SlateEntry
-from serving.exploration import GreedyPolicy, Policy
+from serving.exploration import Candidates, GreedyPolicy, Policy, Slate
 from serving.model import ServingModel
 from serving.online_features import ITEM_FEATURES, OnlineFeatures, UserFeatures
 from training.ranker_features import ranker_matrix
@@ -68,6 +68,7 @@ class Recommender:
     def __init__(
         self, model: ServingModel, features: OnlineFeatures, impressions: LogWriter,
         clock: Callable[[], float], policy: Policy | None = None, n_candidates: int = 300,
+        log_candidates: int = 50,
     ):
         self.model = model
         self.features = features
@@ -75,6 +76,7 @@ class Recommender:
         self.clock = clock
         self.policy = policy or GreedyPolicy()
         self.n_candidates = n_candidates
+        self.log_candidates = log_candidates  # top-M candidates (ids, scores) logged for OPE
 
     def recommend(self, user_id: str, k: int, context: dict | None = None,
                   request_id: str | None = None) -> Recommendation:
@@ -112,7 +114,7 @@ class Recommender:
             scores = model.ranker.score(ranker_matrix(users, items, now, retrieval_scores))
         timer.lap("ranking")
 
-        slate = self.policy.choose(scores, k, request_id)
+        slate = self.policy.choose(Candidates(candidate_ids, scores), k, request_id, now)
         chosen = [
             RecommendedItem(candidate_ids[r], float(scores[r]), i + 1, float(p), SOURCE_ANN)
             for i, (r, p) in enumerate(zip(slate.rows, slate.propensities, strict=True))
@@ -129,7 +131,8 @@ class Recommender:
             degraded=degraded,
         )
         result.timings_ms = timer.timings_ms
-        self.impressions.write(self._impression(result, now, user, items, candidate_ids, k, context or {}))
+        self.impressions.write(self._impression(result, now, user, items, candidate_ids, k, context or {},
+                                                scores, slate))
         timer.lap("logging")
         return result
 
@@ -145,7 +148,9 @@ class Recommender:
         return picks
 
     def _impression(self, result: Recommendation, now: float, user: UserFeatures, items: pd.DataFrame,
-                    candidate_ids: list[str], k: int, context: dict) -> ImpressionRecord:
+                    candidate_ids: list[str], k: int, context: dict, scores: np.ndarray,
+                    slate: Slate) -> ImpressionRecord:
+        top = np.argsort(-scores, kind="stable")[: self.log_candidates]
         position_of = {item_id: i for i, item_id in enumerate(candidate_ids)}
         served = {
             it.item_id: _jsonable(items.iloc[position_of[it.item_id]].to_dict())
@@ -163,6 +168,9 @@ class Recommender:
             timings_ms=dict(result.timings_ms),
             k=k,
             context=context,
+            candidates={"item_ids": [candidate_ids[r] for r in top], "scores": [float(scores[r]) for r in top]},
+            slate_propensity=slate.slate_propensity,
+            policy_state=slate.state,
         )
 
 
