@@ -122,13 +122,17 @@ def counts_from_rows(rows: pd.DataFrame) -> ItemCounts:
     return ItemCounts(grouped["size"].astype(float).to_dict(), grouped["sum"].astype(float).to_dict())
 
 
-def collect(logs: FlatLogs, target: Policy | None = None) -> Evidence:
+def collect(logs: FlatLogs, target: Policy | None = None, target_scores: list[np.ndarray] | None = None) -> Evidence:
     """Weights and reward-model terms of a target policy on the logged requests.
 
     With ``target``, its marginals are computed on each request's logged candidates (rows whose
     item is not a candidate, e.g. the popularity fill, are shown by every policy: weight 1, and
     their observed reward stands in for ``r_hat``). Without it, the rows' ``target_propensity``
-    is used, or, when absent, the logging policy itself (every weight 1)."""
+    is used, or, when absent, the logging policy itself (every weight 1).
+
+    ``target_scores`` (one array per logged request, aligned with its candidates) are the scores
+    the target ranks by when it is another bundle (``monitoring/rescoring.py``); the reward model
+    keeps the logged scores, which describe the items as they were shown."""
     rows = logs.rows
     request_ids = logs.requests["request_id"] if logs.requests is not None else pd.Series(rows["request_id"].unique())
     req, pos, n_positions = row_grid(rows, request_ids)
@@ -162,8 +166,8 @@ def collect(logs: FlatLogs, target: Policy | None = None) -> Evidence:
         if not request.candidate_ids:
             continue
         k = int(request.k)
-        marginals = target.marginals(Candidates(request.candidate_ids, request.candidate_scores), k,
-                                     request.request_id, request.ts)
+        ranked_by = request.candidate_scores if target_scores is None else target_scores[n]
+        marginals = target.marginals(Candidates(request.candidate_ids, ranked_by), k, request.request_id, request.ts)
         mine = order[starts[n] : starts[n + 1]]
         mine = mine[~fixed[mine]]
         target_prop[mine] = marginals[candidate_row[mine], pos[mine]]

@@ -409,6 +409,9 @@ def ope_command(
         "--target-policy", "--candidate", help="Policy to evaluate on the logged candidates, e.g. softmax.")] = None,
     target_params: Annotated[str, typer.Option(
         "--target-params", "--candidate-params", help="Its params as a JSON object.")] = "{}",
+    candidate_bundle: Annotated[Path | None, typer.Option(
+        "--candidate-bundle", help="Rank by this bundle's scores, recomputed for each logged request (the "
+                                   "target is this bundle + --candidate policy, default greedy).")] = None,
     baseline: Annotated[str | None, typer.Option(
         help="Safe rollout: 'current' (the logged traffic) or a policy name; refuse the candidate if its lower "
              "95% bound is more than --tolerance below the baseline's estimate.")] = None,
@@ -430,12 +433,20 @@ def ope_command(
     flat = load_logs(logs or settings_for(home).logs_dir, feedback, window_s, event or ["click"])
     options = {"clip": clip, "switch_tau": switch_tau, "n_boot": bootstrap, "seed": seed}
 
-    def report_for(name: str, params_json: str, option: str):
+    def report_for(name: str, params_json: str, option: str, target_scores=None, label: str = ""):
         params = parse_params(params_json, option)
         policy = make_policy(name, params, counts=counts_from_rows(flat.rows))
-        return evaluate(collect(flat, policy), f"{name} {json.dumps(params, sort_keys=True)}", **options)
+        return evaluate(collect(flat, policy, target_scores), f"{label}{name} {json.dumps(params, sort_keys=True)}",
+                        **options)
 
-    if target_policy:
+    if candidate_bundle:
+        from monitoring.rescoring import bundle_scores
+        from serving.model import load_model
+
+        target_policy = target_policy or "greedy"
+        scores = bundle_scores(flat, load_model(candidate_bundle), open_feature_store(settings_for(home)))
+        report = report_for(target_policy, target_params, "--target-params", scores, f"{candidate_bundle.name} + ")
+    elif target_policy:
         report = report_for(target_policy, target_params, "--target-params")
     elif TARGET_PROPENSITY in flat.rows.columns:
         report = evaluate(collect(flat), "per-row target_propensity", **options)
