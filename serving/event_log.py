@@ -35,14 +35,14 @@ from __future__ import annotations
 
 import json
 import math
-import queue
-import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from serving.batching_worker import BatchingWorker
 
 IMPRESSIONS_FILE = "impressions.jsonl"
 FEEDBACK_FILE = "feedback.jsonl"
@@ -91,38 +91,26 @@ class LogWriter:
     def __init__(self, path: Path, capacity: int = 10_000):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.dropped = 0
         self.written = 0
-        self._queue: queue.Queue[dict | None] = queue.Queue(maxsize=capacity)
-        self._thread = threading.Thread(target=self._run, name=f"log-writer-{path.stem}", daemon=True)
-        self._thread.start()
+        self._out = path.open("a", encoding="utf-8")
+        self._worker: BatchingWorker[dict] = BatchingWorker(f"log-writer-{path.stem}", self._append, capacity)
+
+    @property
+    def dropped(self) -> int:
+        return self._worker.dropped
 
     def write(self, record: ImpressionRecord | FeedbackRecord) -> bool:
         """Queue a record; False (and counted in ``dropped``) if the queue is full."""
-        try:
-            self._queue.put_nowait(asdict(record))
-            return True
-        except queue.Full:
-            self.dropped += 1
-            return False
+        return self._worker.submit(asdict(record))
 
     def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
+        self._worker.close()
+        self._out.close()
 
-    def _run(self) -> None:
-        with self.path.open("a", encoding="utf-8") as out:
-            while True:
-                batch = [self._queue.get()]
-                while not self._queue.empty() and len(batch) < 1000:
-                    batch.append(self._queue.get_nowait())
-                stop = None in batch
-                lines = [json.dumps(r, separators=(",", ":")) + "\n" for r in batch if r is not None]
-                out.writelines(lines)
-                out.flush()
-                self.written += len(lines)
-                if stop:
-                    return
+    def _append(self, records: list[dict]) -> None:
+        self._out.writelines(json.dumps(r, separators=(",", ":")) + "\n" for r in records)
+        self._out.flush()
+        self.written += len(records)
 
 
 def read_records(path: Path) -> Iterator[dict]:

@@ -15,9 +15,6 @@ added latency, a fraction of the CPU.
 
 from __future__ import annotations
 
-import queue
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,6 +23,7 @@ from feast import FeatureStore
 from feast.data_source import PushMode
 
 from feature_repo.definitions import TIMESTAMP, USER_REALTIME, USER_REALTIME_PUSH, feature_refs
+from serving.batching_worker import BatchingWorker
 from training.features import realtime_state
 
 MAX_BATCH = 500
@@ -43,45 +41,29 @@ class RealtimeUpdater:
     def __init__(self, store: FeatureStore, clock: Callable[[], float], capacity: int = 10_000):
         self.store = store
         self.clock = clock
-        self.dropped = 0
         self.failed = 0
         self.pushed = 0
-        self._queue: queue.Queue[InteractionEvent | None] = queue.Queue(maxsize=capacity)
         self._refs = feature_refs(USER_REALTIME)
-        self._thread = threading.Thread(target=self._run, name="realtime-features", daemon=True)
-        self._thread.start()
+        self._worker: BatchingWorker[InteractionEvent] = BatchingWorker(
+            "realtime-features", self._push_batch, capacity, max_batch=MAX_BATCH, window_s=BATCH_WINDOW_S)
+
+    @property
+    def dropped(self) -> int:
+        return self._worker.dropped
 
     def submit(self, event: InteractionEvent) -> bool:
         """Queue an event; False (counted in ``dropped``) when the queue is full."""
-        try:
-            self._queue.put_nowait(event)
-            return True
-        except queue.Full:
-            self.dropped += 1
-            return False
+        return self._worker.submit(event)
 
     def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
+        self._worker.close()
 
-    def _run(self) -> None:
-        while True:
-            batch = [self._queue.get()]
-            deadline = time.monotonic() + BATCH_WINDOW_S
-            while len(batch) < MAX_BATCH and batch[-1] is not None:
-                try:
-                    batch.append(self._queue.get(timeout=max(0.0, deadline - time.monotonic())))
-                except queue.Empty:
-                    break
-            events = [e for e in batch if e is not None]
-            if events:
-                try:
-                    self._apply(events)
-                    self.pushed += len(events)
-                except Exception:  # the store is down: the feedback log still has the events
-                    self.failed += len(events)
-            if None in batch:
-                return
+    def _push_batch(self, events: list[InteractionEvent]) -> None:
+        try:
+            self._apply(events)
+            self.pushed += len(events)
+        except Exception:  # the store is down: the feedback log still has the events
+            self.failed += len(events)
 
     def _apply(self, events: list[InteractionEvent]) -> None:
         users = sorted({e.user_id for e in events})
