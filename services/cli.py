@@ -330,6 +330,41 @@ def skew_command(
 # --- the whole stack as local processes (docker-compose.yml without Docker) ---------------------
 
 
+@app.command("up")
+@handle_errors
+def up_command(
+    size: Annotated[str, typer.Option(help="Simulator size when there is no data: tiny, small or medium.")] = "small",
+    seed: int = 0,
+    port: Annotated[int | None, typer.Option(help="API port (default: $RECSYS_PORT or 8000).")] = None,
+    prometheus_port: Annotated[int, typer.Option(help="Prometheus port.")] = 9090,
+    scrape_interval: Annotated[str | None, typer.Option(
+        help="Override infra/prometheus/prometheus.yml's scrape and evaluation interval, e.g. 1s.")] = None,
+    no_prometheus: Annotated[bool, typer.Option("--no-prometheus", help="Do not start Prometheus.")] = False,
+    traffic: Annotated[bool, typer.Option("--traffic", help="Also run the traffic generator.")] = False,
+    traffic_rate: Annotated[float, typer.Option(help="Traffic: /recommend requests per second.")] = 5.0,
+    traffic_duration: Annotated[float, typer.Option(help="Traffic: seconds before it stops by itself.")] = 3600.0,
+    no_serve: Annotated[bool, typer.Option(
+        "--no-serve", help="Only make the work directory servable (the compose trainer), then exit.")] = False,
+    home: Home = None,
+) -> None:
+    """The docker-compose stack as local processes: trainer steps if no bundle, API, Prometheus; Ctrl-C stops all.
+
+    Same ports and RECSYS_* settings as docker-compose.yml; Redis when RECSYS_REDIS_URL answers (or
+    RECSYS_PROFILE says so), the embedded SQLite store otherwise.
+    """
+    from services.stack import UpOptions, up
+
+    settings = settings_for(home)
+    if port is not None:
+        settings = settings.model_copy(update={"port": port})
+    options = UpOptions(size=size, seed=seed, prometheus=not no_prometheus, prometheus_port=prometheus_port,
+                        scrape_interval=scrape_interval, traffic=traffic, traffic_rate=traffic_rate,
+                        traffic_duration=traffic_duration, serve=not no_serve)
+    code = up(settings, options, say=lambda line: console.print(line, highlight=False, markup=False))
+    if code:
+        raise typer.Exit(code)
+
+
 # --- serving ------------------------------------------------------------------------------------
 
 
