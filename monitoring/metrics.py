@@ -38,6 +38,10 @@ class ApiMetrics:
             "recsys_recommended_items_total", "Items recommended, by candidate source.",
             ["source"], registry=self.registry,
         )
+        self.arm_recommendations = Counter(
+            "recsys_arm_recommendations_total", "Recommendations served, by experiment arm.",
+            ["arm"], registry=self.registry,
+        )
         self.model_info = Gauge(
             "recsys_model_info", "The bundle being served (value 1).", ["version"], registry=self.registry,
         )

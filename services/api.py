@@ -22,6 +22,7 @@ from feature_repo.store import MATERIALIZED_MARKER, open_store
 from monitoring.metrics import ApiMetrics
 from services.settings import Settings
 from serving.event_log import FEEDBACK_FILE, IMPRESSIONS_FILE, FeedbackRecord, LogWriter
+from serving.experiments import CURRENT, load_experiment
 from serving.exploration import make_policy
 from serving.model import ServingModel, load_model
 from serving.online_features import OnlineFeatures
@@ -113,13 +114,30 @@ class Runtime:
         self.recommender = Recommender(model, self.features, self.impressions, self.clock,
                                        policy=make_policy(settings.policy, settings.policy_params),
                                        n_candidates=settings.n_candidates, log_candidates=settings.log_candidates)
+        # A/B arms (serving/experiments.py): one recommender per arm, chosen by a stable hash of the user.
+        self.experiment = load_experiment(settings.experiments) if settings.experiments else None
+        self.arms: dict[str, Recommender] = {}
+        for arm in self.experiment.arms if self.experiment else ():
+            self.arms[arm.name] = Recommender(
+                model if arm.bundle == CURRENT else load_model(Path(arm.bundle)), self.features, self.impressions,
+                self.clock, policy=make_policy(arm.policy, arm.params), n_candidates=settings.n_candidates,
+                log_candidates=settings.log_candidates, arm=arm.name)
         self.metrics.set_model(model.version)
+
+    def recommender_for(self, user_id: str) -> Recommender:
+        """The user's arm's recommender in an experiment, else the one recommender."""
+        if self.experiment is None:
+            return self.recommender
+        return self.arms[self.experiment.assign(user_id).name]
 
     def swap_model(self, path: Path) -> tuple[str, str]:
         """Load and verify a bundle, then switch to it in one assignment. Returns (old, new) versions."""
         model = load_model(path)
         previous = self.recommender.model.version
         self.recommender.model = model
+        for arm in self.experiment.arms if self.experiment else ():
+            if arm.bundle == CURRENT:
+                self.arms[arm.name].model = model
         self.metrics.set_model(model.version, previous)
         return previous, model.version
 
@@ -169,7 +187,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return response
 
     def serve(runtime: Runtime, user_id: str, k: int, context: dict) -> RecommendResponse:
-        result = runtime.recommender.recommend(str(user_id), k, context)
+        recommender = runtime.recommender_for(str(user_id))
+        result = recommender.recommend(str(user_id), k, context)
+        runtime.metrics.arm_recommendations.labels(arm=recommender.arm or "none").inc()
         runtime.metrics.observe_stages(result.timings_ms)
         if result.degraded:
             runtime.metrics.degraded.inc()
@@ -199,7 +219,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise HTTPException(status_code=503, detail="feedback log is full; retry later")
         if record.value > 0:  # a positive interaction: visible to the user's next request within seconds
             runtime.realtime.submit(InteractionEvent(record.user_id, record.item_id, int(record.ts)))
-        observe = getattr(runtime.recommender.policy, "observe", None)  # bandit policies learn from clicks
+        # bandit policies (of the user's arm) learn from clicks
+        observe = getattr(runtime.recommender_for(record.user_id).policy, "observe", None)
         if observe is not None and record.event == "click":
             observe(record.item_id, record.value)
         return {"status": "accepted"}

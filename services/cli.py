@@ -365,6 +365,139 @@ def up_command(
         raise typer.Exit(code)
 
 
+# --- replay, simulation and experiments -----------------------------------------------------------
+
+
+def write_report(report: dict, out: Path | None) -> None:
+    from services.replay import dumps
+
+    text = dumps(report)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+    sys.stdout.write(text)
+
+
+@app.command("replay")
+@handle_errors
+def replay_command(
+    log: Annotated[Path, typer.Argument(help="Impression log (JSON lines) or logs directory, or a request file "
+                                             "(JSON lines: user_id[, k, context, ts]).")],
+    url: Annotated[str | None, typer.Option(help="Server to replay against, e.g. http://127.0.0.1:8000.")] = None,
+    rate: Annotated[float | None, typer.Option(min=0.001, help="Fixed arrival rate, requests/s (open loop).")] = None,
+    speedup: Annotated[float | None, typer.Option(
+        min=0.001, help="Logged inter-arrival times divided by this factor (open loop).")] = None,
+    concurrency: Annotated[int | None, typer.Option(
+        min=1, help="Closed loop: this many requests in flight, as fast as the server answers.")] = None,
+    duration: Annotated[float | None, typer.Option(
+        min=0.001, help="Seconds to run (the log repeats); default: the log once.")] = None,
+    connections: Annotated[int, typer.Option(min=1, help="Most open keep-alive connections.")] = 256,
+    timeout: Annotated[float, typer.Option(min=0.001, help="Per-request timeout, seconds.")] = 10.0,
+    report: Annotated[Path | None, typer.Option(help="Also write the JSON report here.")] = None,
+    shadow_bundle: Annotated[Path | None, typer.Option(
+        "--shadow-bundle", help="Offline: the slates this bundle would have served on the logged requests.")] = None,
+    shadow_policy: Annotated[str, typer.Option("--shadow-policy", help="Its policy (default greedy).")] = "greedy",
+    shadow_params: Annotated[str, typer.Option("--shadow-params", help="Its params (JSON).")] = "{}",
+    feedback: Annotated[Path | None, typer.Option(help="Feedback log for the shadow OPE estimate.")] = None,
+    seed: int = 0,
+    home: Home = None,
+) -> None:
+    """Replay logged requests against a server (open loop; a JSON report of rate, latency, errors), or with
+    --shadow-bundle, compute offline what another bundle would have served (deterministic JSON report)."""
+    if shadow_bundle is not None:
+        from services.replay import shadow_report
+
+        out, timings = shadow_report(log, shadow_bundle, open_feature_store(settings_for(home)), shadow_policy,
+                                     parse_params(shadow_params, "--shadow-params"), feedback, seed=seed)
+        console.print(f"shadow timings (not in the report): {json.dumps(timings)}", highlight=False)
+        write_report(out, report)
+        return
+    from services.replay import load_requests, run, run_load
+
+    if url is None:
+        raise CliError("--url is required (or --shadow-bundle for an offline replay)")
+    chosen = [(name, value) for name, value in (("rate", rate), ("speedup", speedup), ("concurrency", concurrency))
+              if value is not None]
+    if len(chosen) > 1:
+        raise CliError("give at most one of --rate, --speedup, --concurrency")
+    mode, value = chosen[0] if chosen else ("rate", 100.0)
+    requests = load_requests(log)
+    with Progress(TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=True) as bar:
+        task = bar.add_task("replaying")
+
+        def show(stats, elapsed: float) -> None:
+            rate_now = stats.done / elapsed if elapsed > 0 else 0.0
+            errors = sum(n for code, n in stats.status.items() if not code.startswith("2")) + sum(
+                stats.transport.values())
+            bar.update(task, description=f"replay {mode}={value:g}: sent {stats.sent:,}, done {stats.done:,}, "
+                                         f"{rate_now:,.0f}/s, errors {errors:,}")
+
+        out = run(run_load(requests, url, mode, float(value), duration, max_connections=connections,
+                           timeout=timeout, progress=show))
+    out["log"] = str(log)
+    write_report(out, report)
+
+
+@app.command("simulate")
+@handle_errors
+def simulate_command(
+    url: Annotated[str, typer.Option(help="Server to play against, e.g. http://127.0.0.1:8000.")],
+    users: Annotated[int, typer.Option(min=1, help="Simulated users taking part.")] = 100,
+    requests: Annotated[int, typer.Option(min=1, help="Requests to send.")] = 500,
+    rate: Annotated[float | None, typer.Option(min=0.001, help="Requests/s (default: back to back).")] = None,
+    k: Annotated[int, typer.Option(min=1, max=100)] = 10,
+    seed: int = 0,
+    drift_day: Annotated[int | None, typer.Option(
+        "--drift-day", min=0, help="Shift a segment's taste from this simulated day on (concept drift).")] = None,
+    drift_segment: Annotated[int, typer.Option("--drift-segment", min=0, max=3)] = 0,
+    drift_strength: Annotated[float, typer.Option("--drift-strength", min=0.0, max=1.0)] = 0.8,
+    data: Annotated[Path | None, typer.Option(help="Simulator data dir (default: the work directory's data).")] = None,
+    home: Home = None,
+) -> None:
+    """Closed loop: the simulator's users request, click by the true click model, and post feedback."""
+    from services.simulate import simulate
+
+    with progress_bar() as bar:
+        task = bar.add_task("simulating users", total=requests)
+        summary = simulate(url, data or settings_for(home).data_dir, users, requests, rate, seed, k, drift_day,
+                           drift_segment, drift_strength, progress=lambda done, total: bar.update(task, completed=done))
+    print(json.dumps(summary, indent=2, sort_keys=True))
+
+
+@app.command("ab-report")
+@handle_errors
+def ab_report_command(
+    logs: Annotated[Path | None, typer.Option(help="Impression log or logs directory (default: the work "
+                                                   "directory's logs).")] = None,
+    feedback: Annotated[Path | None, typer.Option(help="Feedback log (default: feedback.jsonl beside it).")] = None,
+    experiments: Annotated[Path | None, typer.Option(
+        help="Experiments config for the shares and control (default: $RECSYS_EXPERIMENTS).")] = None,
+    control: Annotated[str | None, typer.Option(help="Control arm (default: the config's, or the first).")] = None,
+    mde: Annotated[float | None, typer.Option(min=0.0001, help="Target relative MDE, e.g. 0.05: users needed.")] = None,
+    alpha: Annotated[float, typer.Option(min=0.0001, max=0.5)] = 0.05,
+    power: Annotated[float, typer.Option(min=0.5, max=0.9999)] = 0.8,
+    window_s: Annotated[float, typer.Option("--window-s", help="Attribution window after an impression.")] = 3600.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    report: Annotated[Path | None, typer.Option(help="Also write the JSON report here.")] = None,
+    home: Home = None,
+) -> None:
+    """Per-arm CTR and clicks per request with 95% CIs, lifts vs control, SRM check and MDE."""
+    from monitoring.ab import ab_report, table
+    from services.replay import dumps, round_floats
+    from serving.experiments import load_experiment
+
+    settings = settings_for(home)
+    config = experiments or settings.experiments
+    experiment = load_experiment(config) if config else None
+    raw = ab_report(logs or settings.logs_dir, feedback, experiment.shares if experiment else None,
+                    control or (experiment.control_arm if experiment else None), window_s,
+                    alpha=alpha, power=power, mde=mde)
+    out = round_floats(raw)
+    if report is not None:
+        report.write_text(dumps(out))
+    print(dumps(out) if as_json else table(raw), end="\n" if not as_json else "")
+
+
 # --- serving ------------------------------------------------------------------------------------
 
 

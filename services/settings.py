@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     policy_params: dict = {}
     # Top-M ranked candidates (ids and scores) written to every impression, for off-policy evaluation.
     log_candidates: int = 50
+    # A/B experiment config (YAML or JSON: arms, shares, salt; serving/experiments.py); unset: no experiment.
+    experiments: Path | None = None
     host: str = "127.0.0.1"
     port: int = 8000
 

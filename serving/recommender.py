@@ -68,7 +68,7 @@ class Recommender:
     def __init__(
         self, model: ServingModel, features: OnlineFeatures, impressions: LogWriter,
         clock: Callable[[], float], policy: Policy | None = None, n_candidates: int = 300,
-        log_candidates: int = 50,
+        log_candidates: int = 50, arm: str | None = None,
     ):
         self.model = model
         self.features = features
@@ -77,6 +77,7 @@ class Recommender:
         self.policy = policy or GreedyPolicy()
         self.n_candidates = n_candidates
         self.log_candidates = log_candidates  # top-M candidates (ids, scores) logged for OPE
+        self.arm = arm  # the experiment arm this recommender serves (serving/experiments.py), logged
 
     def recommend(self, user_id: str, k: int, context: dict | None = None,
                   request_id: str | None = None) -> Recommendation:
@@ -162,7 +163,7 @@ class Recommender:
             user_id=result.user_id,
             model_version=result.model_version,
             policy=result.policy,
-            arm=None,
+            arm=self.arm,
             slate=[SlateEntry(it.item_id, it.position, it.score, it.propensity, it.source) for it in result.items],
             features={"user": _jsonable(user.values), "items": served},
             timings_ms=dict(result.timings_ms),
