@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
+from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
@@ -32,6 +33,9 @@ from training.bundle import BundleError, latest_bundle
 from training.features import next_snapshot
 
 Id = Annotated[str | int, Field(description="User or item id; integers are treated as their decimal string.")]
+
+
+MAX_BODY_BYTES = 64 * 1024
 
 
 class RecommendRequest(BaseModel):
@@ -174,6 +178,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="recsys", version="0.1.0", lifespan=lifespan,
                   description="Two-stage recommender: FAISS retrieval, ONNX LightGBM ranking, Feast features.")
+
+    @app.middleware("http")
+    async def limit_body_size(request: Request, call_next):
+        """Refuse a declared body over MAX_BODY_BYTES before reading it (requests here are a few hundred bytes)."""
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            return JSONResponse(status_code=413, content={"detail": f"body over {MAX_BODY_BYTES} bytes"})
+        return await call_next(request)
 
     @app.middleware("http")
     async def record_latency(request: Request, call_next):

@@ -104,6 +104,8 @@ def test_bad_requests_get_4xx_with_a_message(copy_of_demo_home):
         for response in cases:
             assert response.status_code == 422, response.text
             assert response.json()["detail"]
+        oversize = httpx.post(f"{server.url}/recommend", json={"user_id": "u001", "context": {"pad": "x" * 100_000}})
+        assert oversize.status_code == 413 and "bytes" in oversize.json()["detail"]
         unauthorized = httpx.post(f"{server.url}/admin/reload", json={})
         assert unauthorized.status_code == 401
         assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok"}
