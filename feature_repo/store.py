@@ -38,23 +38,31 @@ class FeatureStoreError(RuntimeError):
     """The feature store refused an operation or returned something inconsistent."""
 
 
-def render_profile(profile: str, features_dir: Path, project: str, redis_url: str) -> dict:
-    """The profile's YAML with the work directory, project and Redis address filled in."""
+def render_profile(profile: str, features_dir: Path, project: str, redis_url: str,
+                   redis_timeout_s: float | None = None) -> dict:
+    """The profile's YAML with the work directory, project and Redis address filled in.
+
+    ``redis_timeout_s`` bounds connecting and each reply (serving sets it; bulk materialization
+    does not, since one pipelined write may take longer).
+    """
     path = PROFILES_DIR / f"{profile}.yaml"
     if not path.exists():
         raise FeatureStoreError(f"unknown feature store profile {profile!r}; choose one of {PROFILES}")
     host_port = redis_url.removeprefix("redis://")
     host_port, _, db = host_port.partition("/")
     connection = host_port + (f",db={db}" if db else "")
+    if redis_timeout_s is not None:
+        connection += f",socket_timeout={redis_timeout_s},socket_connect_timeout={redis_timeout_s}"
     text = string.Template(path.read_text()).substitute(
         features_dir=str(features_dir.resolve()), project=project, redis_connection=connection
     )
     return yaml.safe_load(text)
 
 
-def open_store(profile: str, features_dir: Path, project: str, redis_url: str) -> FeatureStore:
+def open_store(profile: str, features_dir: Path, project: str, redis_url: str,
+               redis_timeout_s: float | None = None) -> FeatureStore:
     """A FeatureStore for the profile; also writes the resolved feature_store.yaml for the feast CLI."""
-    config = render_profile(profile, features_dir, project, redis_url)
+    config = render_profile(profile, features_dir, project, redis_url, redis_timeout_s)
     features_dir.mkdir(parents=True, exist_ok=True)
     (features_dir / "feature_store.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return FeatureStore(repo_path=str(features_dir), config=RepoConfig(repo_path=features_dir, **config))

@@ -28,7 +28,8 @@ from serving.exploration import make_policy
 from serving.model import ServingModel, load_model
 from serving.online_features import OnlineFeatures
 from serving.realtime_features import InteractionEvent, RealtimeUpdater
-from serving.recommender import Recommendation, Recommender
+from serving.recommender import Recommendation, Recommender, StageBudgets
+from serving.store_guard import StoreGuard
 from training.bundle import BundleError, latest_bundle
 from training.features import next_snapshot
 
@@ -36,6 +37,9 @@ Id = Annotated[str | int, Field(description="User or item id; integers are treat
 
 
 MAX_BODY_BYTES = 64 * 1024
+# Redis socket timeouts of the serving process: a stalled store's connection is given up after
+# this, which frees the guard's thread (the request itself stopped waiting at store_timeout_ms).
+STORE_SOCKET_TIMEOUT_S = 1.0
 
 
 class RecommendRequest(BaseModel):
@@ -73,6 +77,7 @@ class FeedbackRequest(BaseModel):
 
 class ReloadRequest(BaseModel):
     bundle: str | None = Field(None, description="Bundle directory; the newest in the work directory when omitted.")
+    rollback: bool = Field(False, description="Switch back to the bundle served before the last reload.")
 
 
 def data_clock(model: ServingModel, marker: Path) -> Callable[[], float]:
@@ -97,10 +102,13 @@ class Runtime:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.metrics = ApiMetrics()
-        store = open_store(settings.profile, settings.features_dir, settings.project, settings.redis_url)
+        store = open_store(settings.profile, settings.features_dir, settings.project, settings.redis_url,
+                           redis_timeout_s=STORE_SOCKET_TIMEOUT_S)
         model = load_model(settings.bundle or latest_bundle(settings.bundles_dir))
         marker = settings.features_dir / MATERIALIZED_MARKER
-        self.features = OnlineFeatures(store, marker=marker, pinned_items=set(model.popular_items))
+        guard = StoreGuard(settings.store_timeout_ms / 1000, settings.store_retry_after_s)
+        self.features = OnlineFeatures(store, marker=marker, pinned_items=set(model.popular_items), guard=guard)
+        budgets = StageBudgets(settings.retrieval_budget_ms / 1000, settings.ranking_budget_ms / 1000)
         self.impressions = LogWriter(settings.logs_dir / IMPRESSIONS_FILE)
         self.feedback = LogWriter(settings.logs_dir / FEEDBACK_FILE)
         self.clock = data_clock(model, marker) if settings.clock == "data" else time.time
@@ -115,9 +123,13 @@ class Runtime:
         cache = self.features.item_cache
         self.metrics.expose_counts("recsys_item_feature_cache_lookups", "Item feature cache lookups by result.",
                                    "result", lambda: {"hit": cache.hits, "miss": cache.misses})
+        self.metrics.expose_counts(
+            "recsys_online_store_failures", "Online-store calls that failed or overran, and calls skipped while "
+            "the breaker was open.", "kind", lambda: {"failed": guard.failures, "skipped": guard.short_circuited})
         self.recommender = Recommender(model, self.features, self.impressions, self.clock,
                                        policy=make_policy(settings.policy, settings.policy_params),
-                                       n_candidates=settings.n_candidates, log_candidates=settings.log_candidates)
+                                       n_candidates=settings.n_candidates, log_candidates=settings.log_candidates,
+                                       budgets=budgets)
         # A/B arms (serving/experiments.py): one recommender per arm, chosen by a stable hash of the user.
         self.experiment = load_experiment(settings.experiments) if settings.experiments else None
         self.arms: dict[str, Recommender] = {}
@@ -125,7 +137,8 @@ class Runtime:
             self.arms[arm.name] = Recommender(
                 model if arm.bundle == CURRENT else load_model(Path(arm.bundle)), self.features, self.impressions,
                 self.clock, policy=make_policy(arm.policy, arm.params), n_candidates=settings.n_candidates,
-                log_candidates=settings.log_candidates, arm=arm.name)
+                log_candidates=settings.log_candidates, arm=arm.name, budgets=budgets)
+        self.previous_model: ServingModel | None = None
         self.metrics.set_model(model.version)
 
     def recommender_for(self, user_id: str) -> Recommender:
@@ -136,16 +149,28 @@ class Runtime:
 
     def swap_model(self, path: Path) -> tuple[str, str]:
         """Load and verify a bundle, then switch to it in one assignment. Returns (old, new) versions."""
-        model = load_model(path)
-        previous = self.recommender.model.version
+        return self._switch_to(load_model(path))
+
+    def roll_back(self) -> tuple[str, str]:
+        """Switch back to the model served before the last switch (kept loaded for this)."""
+        if self.previous_model is None:
+            raise BundleError("no previous bundle to roll back to: nothing was reloaded yet")
+        return self._switch_to(self.previous_model)
+
+    def _switch_to(self, model: ServingModel) -> tuple[str, str]:
+        # A request reads ``recommender.model`` once, so it runs on the old or the new model, never both.
+        self.previous_model = self.recommender.model
         self.recommender.model = model
         for arm in self.experiment.arms if self.experiment else ():
             if arm.bundle == CURRENT:
                 self.arms[arm.name].model = model
-        self.metrics.set_model(model.version, previous)
-        return previous, model.version
+        self.metrics.set_model(model.version, self.previous_model.version)
+        return self.previous_model.version, model.version
 
     def close(self) -> None:
+        for recommender in (self.recommender, *self.arms.values()):
+            recommender.close()
+        self.features.guard.close()
         self.impressions.close()
         self.feedback.close()
         self.realtime.close()
@@ -261,8 +286,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if not token or authorization != f"Bearer {token}":
             raise HTTPException(status_code=401, detail="a valid bearer token is required (RECSYS_ADMIN_TOKEN)")
         try:
-            path = Path(body.bundle) if body.bundle else latest_bundle(runtime.settings.bundles_dir)
-            previous, current = runtime.swap_model(path)
+            if body.rollback:
+                previous, current = runtime.roll_back()
+            else:
+                previous, current = runtime.swap_model(
+                    Path(body.bundle) if body.bundle else latest_bundle(runtime.settings.bundles_dir))
         except BundleError as exc:
             detail = f"bundle refused, still serving the current one: {exc}"
             raise HTTPException(status_code=422, detail=detail) from exc

@@ -509,9 +509,17 @@ def run_server(settings: Settings) -> None:
     from training.bundle import latest_bundle
 
     load_model(settings.bundle or latest_bundle(settings.bundles_dir))  # refuse a bad bundle before binding
-    console.print(f"serving on http://{settings.host}:{settings.port}  (try /recommend?user_id=...&k=10)")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning",
-                access_log=False)
+    console.print(f"serving on http://{settings.host}:{settings.port} with {settings.workers} worker process(es)"
+                  "  (try /recommend?user_id=...&k=10)")
+    if settings.workers == 1:
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning",
+                    access_log=False)
+        return
+    # Worker processes build their app from the environment: hand them this command's settings.
+    for name, value in settings.model_dump(exclude_defaults=True).items():
+        os.environ[f"RECSYS_{name.upper()}"] = json.dumps(value) if isinstance(value, dict) else str(value)
+    uvicorn.run("services.serving_process:app_from_environment", factory=True, workers=settings.workers,
+                host=settings.host, port=settings.port, log_level="warning", access_log=False)
 
 
 @app.command("serve")
@@ -520,10 +528,12 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Bind address.")] = None,
     port: Annotated[int | None, typer.Option(help="Port.")] = None,
     bundle: Annotated[Path | None, typer.Option(help="Bundle (default: the newest).")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="Worker processes (default: 1).")] = None,
     home: Home = None,
 ) -> None:
     """Serve the API on a bundle."""
-    overrides = {k: v for k, v in {"host": host, "port": port, "bundle": bundle}.items() if v is not None}
+    overrides = {k: v for k, v in {"host": host, "port": port, "bundle": bundle, "workers": workers}.items()
+                 if v is not None}
     run_server(settings_for(home).model_copy(update=overrides))
 
 

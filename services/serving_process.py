@@ -21,6 +21,15 @@ class _RefuseTorch(importlib.abc.MetaPathFinder):
 if "torch" not in sys.modules:
     sys.meta_path.insert(0, _RefuseTorch())
 
-from services.api import create_app  # noqa: E402
+from fastapi import FastAPI  # noqa: E402
 
-__all__ = ["create_app"]
+from services.api import create_app  # noqa: E402
+from services.settings import Settings  # noqa: E402
+
+
+def app_from_environment() -> FastAPI:
+    """The app configured by the RECSYS_* variables: what each uvicorn worker process builds."""
+    return create_app(Settings())
+
+
+__all__ = ["app_from_environment", "create_app"]

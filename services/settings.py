@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from serving.exploration import make_policy
@@ -33,6 +33,13 @@ class Settings(BaseSettings):
     # Bearer token for /admin endpoints; empty disables them (401).
     admin_token: str = ""
     n_candidates: int = 300
+    # Per-stage budgets (serving/deadline.py, serving/store_guard.py): a stage that overruns falls
+    # back (defaults, popularity, retrieval order) and the answer is marked degraded. A failing
+    # store is left alone for store_retry_after_s before it is tried again.
+    store_timeout_ms: float = Field(20.0, gt=0)
+    store_retry_after_s: float = Field(1.0, gt=0)
+    retrieval_budget_ms: float = Field(20.0, gt=0)
+    ranking_budget_ms: float = Field(20.0, gt=0)
     # Exploration policy (serving/exploration.py: greedy, epsilon_greedy, softmax, thompson, squarecb)
     # and its params as JSON, e.g. RECSYS_POLICY=softmax RECSYS_POLICY_PARAMS='{"temperature": 0.3}'.
     policy: str = "greedy"
@@ -43,6 +50,8 @@ class Settings(BaseSettings):
     experiments: Path | None = None
     host: str = "127.0.0.1"
     port: int = 8000
+    # API worker processes (each with its own model copy, caches and one native thread per library).
+    workers: int = Field(1, ge=1, le=64)
 
     @model_validator(mode="after")
     def _check_policy(self) -> Settings:

@@ -10,7 +10,7 @@ Impression record (one per /recommend response)::
 
     request_id, ts, user_id, model_version, policy {name, params}, arm,
     slate [{item_id, position, score, propensity, source}], features {user, items}, timings_ms, k,
-    context, candidates {item_ids, scores}, slate_propensity, policy_state
+    context, candidates {item_ids, scores}, slate_propensity, policy_state, degraded
 
 ``propensity`` is P(this item at this position | request) under the policy; ``slate_propensity``
 the probability of the whole slate where the policy defines it; ``policy_state`` the per-request
@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -73,6 +74,7 @@ class ImpressionRecord:
     candidates: dict = field(default_factory=dict)  # {"item_ids": [...], "scores": [...]}, best first
     slate_propensity: float | None = None
     policy_state: dict = field(default_factory=dict)  # per-request values of the policy, e.g. its epsilon
+    degraded: bool = False  # a stage fell back (serving/recommender.py): scores may be retrieval scores
 
 
 @dataclass
@@ -86,14 +88,19 @@ class FeedbackRecord:
 
 
 class LogWriter:
-    """Appends records as JSON lines from a background thread; bounded, counted, drained on close."""
+    """Appends records as JSON lines from a background thread; bounded, counted, drained on close.
+
+    Each batch is one ``write`` on a file opened with O_APPEND, so several API worker processes can
+    share one log file without interleaving their lines.
+    """
 
     def __init__(self, path: Path, capacity: int = 10_000):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.written = 0
-        self._out = path.open("a", encoding="utf-8")
-        self._worker: BatchingWorker[dict] = BatchingWorker(f"log-writer-{path.stem}", self._append, capacity)
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._worker: BatchingWorker[ImpressionRecord | FeedbackRecord] = BatchingWorker(
+            f"log-writer-{path.stem}", self._append, capacity)
 
     @property
     def dropped(self) -> int:
@@ -101,15 +108,17 @@ class LogWriter:
 
     def write(self, record: ImpressionRecord | FeedbackRecord) -> bool:
         """Queue a record; False (and counted in ``dropped``) if the queue is full."""
-        return self._worker.submit(asdict(record))
+        return self._worker.submit(record)
 
     def close(self) -> None:
         self._worker.close()
-        self._out.close()
+        os.close(self._fd)
 
-    def _append(self, records: list[dict]) -> None:
-        self._out.writelines(json.dumps(r, separators=(",", ":")) + "\n" for r in records)
-        self._out.flush()
+    def _append(self, records: list[ImpressionRecord | FeedbackRecord]) -> None:
+        data = "".join(json.dumps(asdict(r), separators=(",", ":")) + "\n" for r in records).encode()
+        view = memoryview(data)
+        while view:  # a regular file takes it all at once unless the disk is full or a signal lands
+            view = view[os.write(self._fd, view):]
         self.written += len(records)
 
 

@@ -7,7 +7,9 @@ through Feast that is one store round trip plus protobuf decoding for every item
 - LRU over at most ``capacity`` items, each entry valid for ``ttl_s`` seconds;
 - ``pinned`` items (the popular ones, which every request touches) are never evicted;
 - every entry is dropped when the materialization marker changes (``recsys features materialize``
-  rewrites it), so a new batch is visible at once instead of after the TTL.
+  rewrites it), so a new batch is visible at once instead of after the TTL;
+- when the store is unavailable, the rows it would have filled are nulls and the lookup says so;
+  the cached rows are still served.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
+
+from serving.store_guard import StoreUnavailable
 
 
 class ItemFeatureCache:
@@ -41,8 +45,9 @@ class ItemFeatureCache:
         self._marker_seen = self._marker_version()
         self._marker_checked = clock()
 
-    def get(self, item_ids: list[str]) -> pd.DataFrame:
-        """Feature rows in the order of ``item_ids``; misses are fetched in one call."""
+    def get(self, item_ids: list[str]) -> tuple[pd.DataFrame, bool]:
+        """Feature rows in the order of ``item_ids``, misses fetched in one call; and True if that
+        call failed (the missed rows are then nulls, and nothing is cached for them)."""
         now = self.clock()
         self._invalidate_if_materialized(now)
         rows: dict[str, tuple] = {}
@@ -55,15 +60,21 @@ class ItemFeatureCache:
         missing = [item for item in dict.fromkeys(item_ids) if item not in rows]
         self.hits += len(item_ids) - len(missing)
         self.misses += len(missing)
+        failed = False
         if missing:
-            fetched = self.fetch(missing)[self.columns]
-            with self._lock:
-                for item, values in zip(missing, fetched.itertuples(index=False, name=None), strict=True):
-                    rows[item] = values
-                    self._entries[item] = (now, values)
-                    self._entries.move_to_end(item)
-                self._evict()
-        return pd.DataFrame.from_records([rows[item] for item in item_ids], columns=self.columns)
+            try:
+                fetched = self.fetch(missing)[self.columns].itertuples(index=False, name=None)
+            except StoreUnavailable:
+                rows.update(dict.fromkeys(missing, (None,) * len(self.columns)))
+                failed = True
+            else:
+                with self._lock:
+                    for item, values in zip(missing, fetched, strict=True):
+                        rows[item] = values
+                        self._entries[item] = (now, values)
+                        self._entries.move_to_end(item)
+                    self._evict()
+        return pd.DataFrame.from_records([rows[item] for item in item_ids], columns=self.columns), failed
 
     def clear(self) -> None:
         with self._lock:

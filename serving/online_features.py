@@ -4,10 +4,15 @@ One Feast call for the user (activity, seen items, real-time state), and item fe
 candidates through the in-process cache (``serving/item_cache.py``), which falls back to one Feast
 call for the items it misses. Frames come back in the same column layout as the offline
 point-in-time join, so the shared ``ranker_matrix`` turns either into the ranker's input.
+
+Every store call goes through a :class:`StoreGuard` (deadline + circuit breaker). When the store
+fails, reads never raise: the user's last features read by this process (or empty defaults) and
+the cached item rows (or nulls) come back marked ``degraded``.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +29,7 @@ from feature_repo.definitions import (
     feature_refs,
 )
 from serving.item_cache import ItemFeatureCache
+from serving.store_guard import StoreGuard, StoreUnavailable
 
 USER_FEATURES = feature_names(USER_ACTIVITY) + feature_names(USER_REALTIME)
 ITEM_FEATURES = feature_names(ITEM_ACTIVITY) + feature_names(ITEM_ATTRIBUTES)
@@ -33,25 +39,48 @@ ITEM_FEATURES = feature_names(ITEM_ACTIVITY) + feature_names(ITEM_ATTRIBUTES)
 class UserFeatures:
     values: dict  # feature name → value (None when the store has nothing)
     seen_items: set[str]  # batch history plus the items of real-time events
+    degraded: bool = False  # the store failed: these are the last values read, or empty defaults
 
 
 class OnlineFeatures:
     def __init__(self, store: FeatureStore, marker: Path | None = None, pinned_items: set[str] | None = None,
-                 cache_ttl_s: float = 300.0):
+                 cache_ttl_s: float = 300.0, guard: StoreGuard | None = None, last_known_users: int = 100_000):
         self.store = store
+        self.guard = guard or StoreGuard()
         self._user_refs = feature_refs(USER_ACTIVITY, USER_HISTORY, USER_REALTIME)
         self._item_refs = feature_refs(ITEM_ACTIVITY, ITEM_ATTRIBUTES)
-        self.item_cache = ItemFeatureCache(self.fetch_items, ITEM_FEATURES, marker=marker, ttl_s=cache_ttl_s,
+        self.item_cache = ItemFeatureCache(self._guarded_fetch, ITEM_FEATURES, marker=marker, ttl_s=cache_ttl_s,
                                            pinned=pinned_items)
+        self._last_known: OrderedDict[str, UserFeatures] = OrderedDict()
+        self._last_known_capacity = last_known_users
 
     def user(self, user_id: str) -> UserFeatures:
+        """The user's features and seen items; on a store failure the last ones read, marked degraded."""
+        try:
+            features = self.guard.call(self.fetch_user, user_id)
+        except StoreUnavailable:
+            last = self._last_known.get(user_id)
+            return UserFeatures(values=last.values if last else {}, seen_items=last.seen_items if last else set(),
+                                degraded=True)
+        self._last_known[user_id] = features
+        self._last_known.move_to_end(user_id)
+        if len(self._last_known) > self._last_known_capacity:
+            self._last_known.popitem(last=False)
+        return features
+
+    def fetch_user(self, user_id: str) -> UserFeatures:
+        """The user's row straight from the store: one Feast call, unguarded."""
         row = self.store.get_online_features(features=self._user_refs, entity_rows=[{"user_id": user_id}]).to_dict()
         seen = set(row["u_seen_items"][0] or []) | set(row["rt_recent_items"][0] or [])
         return UserFeatures(values={name: row[name][0] for name in USER_FEATURES}, seen_items=seen)
 
-    def items(self, item_ids: list[str]) -> pd.DataFrame:
-        """Feature rows in the order of ``item_ids`` (missing items give nulls), cached."""
+    def items(self, item_ids: list[str]) -> tuple[pd.DataFrame, bool]:
+        """Feature rows in the order of ``item_ids`` (missing items give nulls), cached; and whether
+        the store failed, so that some rows are nulls instead of their values."""
         return self.item_cache.get(item_ids)
+
+    def _guarded_fetch(self, item_ids: list[str]) -> pd.DataFrame:
+        return self.guard.call(self.fetch_items, item_ids)
 
     def fetch_items(self, item_ids: list[str]) -> pd.DataFrame:
         """Feature rows straight from the store: one Feast call, no cache."""
@@ -63,5 +92,5 @@ class OnlineFeatures:
         return pd.DataFrame({name: data[name] for name in ITEM_FEATURES})
 
     def ping(self) -> None:
-        """Raise if the online store cannot be read (used by readiness checks)."""
-        self.store.get_online_features(features=self._user_refs[:1], entity_rows=[{"user_id": "__readyz__"}])
+        """Raise StoreUnavailable if the online store cannot be read (used by readiness checks)."""
+        self.guard.call(self.store.get_online_features, self._user_refs[:1], [{"user_id": "__readyz__"}])

@@ -8,8 +8,16 @@
       → popular items fill any gap, impression logged            (logging)
 
 Users the two-tower model never saw get the popularity fallback, marked ``source="popular"``.
-If the online store fails, the request still gets an answer from default features and is marked
-``degraded``. A request reads the current model once, so a bundle swap never mixes versions.
+Each stage has a budget and a fallback, so no failure reaches the user as an error or a late answer:
+
+    stage       on failure or overrun (serving/store_guard.py, serving/deadline.py)
+    features    the user's last features read, or defaults; cached item rows, or nulls
+    retrieval   no ANN candidates: the popularity fallback fills the slate
+    ranking     candidates keep their retrieval order and scores
+
+and the answer is marked ``degraded``. A request reads the current model once, so a bundle swap
+never mixes versions. The answer has k items unless the catalog has fewer than k items the user
+has not seen.
 """
 
 from __future__ import annotations
@@ -22,10 +30,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from serving.deadline import StageOverrun, StageRunner
 from serving.event_log import ImpressionRecord, LogWriter, SlateEntry
 from serving.exploration import Candidates, GreedyPolicy, Policy, Slate
 from serving.model import ServingModel
-from serving.online_features import ITEM_FEATURES, OnlineFeatures, UserFeatures
+from serving.online_features import OnlineFeatures, UserFeatures
 from training.ranker_features import ranker_matrix
 from training.retrieval import search_excluding
 
@@ -53,6 +62,15 @@ class Recommendation:
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class StageBudgets:
+    """Seconds a CPU stage may take before the request falls back; None: no budget (run inline).
+    The store reads have theirs in the features' StoreGuard."""
+
+    retrieval_s: float | None = 0.02
+    ranking_s: float | None = 0.02
+
+
 class StageTimer:
     def __init__(self) -> None:
         self.timings_ms: dict[str, float] = {}
@@ -68,7 +86,7 @@ class Recommender:
     def __init__(
         self, model: ServingModel, features: OnlineFeatures, impressions: LogWriter,
         clock: Callable[[], float], policy: Policy | None = None, n_candidates: int = 300,
-        log_candidates: int = 50, arm: str | None = None,
+        log_candidates: int = 50, arm: str | None = None, budgets: StageBudgets | None = None,
     ):
         self.model = model
         self.features = features
@@ -78,6 +96,8 @@ class Recommender:
         self.n_candidates = n_candidates
         self.log_candidates = log_candidates  # top-M candidates (ids, scores) logged for OPE
         self.arm = arm  # the experiment arm this recommender serves (serving/experiments.py), logged
+        self.budgets = budgets or StageBudgets()
+        self.stages = StageRunner(name="recommend-stage")
 
     def recommend(self, user_id: str, k: int, context: dict | None = None,
                   request_id: str | None = None) -> Recommendation:
@@ -85,34 +105,31 @@ class Recommender:
         request_id = request_id or uuid.uuid4().hex
         now = self.clock()
         timer = StageTimer()
-        degraded = False
 
-        try:
-            user = self.features.user(user_id)
-        except Exception:  # the store is down or slow: serve from defaults rather than fail
-            user, degraded = UserFeatures(values={}, seen_items=set()), True
+        user = self.features.user(user_id)
+        degraded = user.degraded
         timer.lap("features")
 
-        row = model.retrieval.user_row.get(user_id)
         rows, retrieval_scores = np.empty(0, np.int64), np.empty(0, np.float32)
-        if row is not None:
-            exclude = {model.retrieval.item_row[i] for i in user.seen_items if i in model.retrieval.item_row}
-            [(rows, retrieval_scores)] = search_excluding(
-                model.retrieval.index, model.retrieval.user_vectors[row:row + 1], [exclude], self.n_candidates
-            )
+        try:
+            rows, retrieval_scores = self.stages.run(self._retrieve, self.budgets.retrieval_s, model, user_id,
+                                                     user.seen_items)
+        except StageOverrun:
+            degraded = True
         timer.lap("retrieval")
 
         candidate_ids = [model.retrieval.item_ids[r] for r in rows]
-        try:
-            items = self.features.items(candidate_ids)
-        except Exception:
-            items, degraded = pd.DataFrame(index=range(len(candidate_ids)), columns=ITEM_FEATURES), True
+        items, items_failed = self.features.items(candidate_ids)
+        degraded |= items_failed
         timer.lap("features")
 
-        scores = np.empty(0, np.float32)
+        scores = retrieval_scores
         if candidate_ids:
-            users = pd.DataFrame([user.values] * len(candidate_ids))
-            scores = model.ranker.score(ranker_matrix(users, items, now, retrieval_scores))
+            try:
+                scores = self.stages.run(self._score, self.budgets.ranking_s, model, user, items, now,
+                                         retrieval_scores)
+            except StageOverrun:
+                degraded = True
         timer.lap("ranking")
 
         slate = self.policy.choose(Candidates(candidate_ids, scores), k, request_id, now)
@@ -136,6 +153,26 @@ class Recommender:
                                                 scores, slate))
         timer.lap("logging")
         return result
+
+    def _retrieve(self, model: ServingModel, user_id: str, seen: set[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Top-N items by the two-tower score, seen items excluded; none for users the towers never saw."""
+        row = model.retrieval.user_row.get(user_id)
+        if row is None:
+            return np.empty(0, np.int64), np.empty(0, np.float32)
+        exclude = {model.retrieval.item_row[i] for i in seen if i in model.retrieval.item_row}
+        [(rows, scores)] = search_excluding(
+            model.retrieval.index, model.retrieval.user_vectors[row:row + 1], [exclude], self.n_candidates
+        )
+        return rows, scores
+
+    @staticmethod
+    def _score(model: ServingModel, user: UserFeatures, items: pd.DataFrame, now: float,
+               retrieval_scores: np.ndarray) -> np.ndarray:
+        users = pd.DataFrame([user.values] * len(items))
+        return model.ranker.score(ranker_matrix(users, items, now, retrieval_scores))
+
+    def close(self) -> None:
+        self.stages.close()
 
     @staticmethod
     def _popular_fill(model: ServingModel, n: int, exclude: set[str], offset: int) -> list[RecommendedItem]:
@@ -172,6 +209,7 @@ class Recommender:
             candidates={"item_ids": [candidate_ids[r] for r in top], "scores": [float(scores[r]) for r in top]},
             slate_propensity=slate.slate_propensity,
             policy_state=slate.state,
+            degraded=result.degraded,
         )
 
 

@@ -1,8 +1,9 @@
-"""The item feature cache and real-time feature updates, on a real Feast store (SQLite and Redis)."""
+"""The item feature cache, the store guard and real-time feature updates, on a real Feast store (SQLite and Redis)."""
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 
@@ -15,6 +16,7 @@ from feature_repo.store import MATERIALIZED_MARKER, apply, materialize, open_sto
 from serving.item_cache import ItemFeatureCache
 from serving.online_features import ITEM_FEATURES, OnlineFeatures
 from serving.realtime_features import InteractionEvent, RealtimeUpdater
+from serving.store_guard import StoreGuard, StoreUnavailable
 from training.features import build_feature_tables, next_snapshot, realtime_state
 from training.simulator import SimConfig, Simulator
 
@@ -33,8 +35,9 @@ class CountingFetch:
 def test_cache_fetches_only_misses_in_one_call_and_keeps_order():
     fetch = CountingFetch()
     cache = ItemFeatureCache(fetch, ["a", "b"])
-    first = cache.get(["x", "y"])
-    second = cache.get(["y", "z", "x", "y"])
+    first, _ = cache.get(["x", "y"])
+    second, failed = cache.get(["y", "z", "x", "y"])
+    assert not failed
     assert fetch.calls == [["x", "y"], ["z"]]
     assert list(second["a"]) == ["y-a", "z-a", "x-a", "y-a"]
     assert list(first["a"]) == ["x-a", "y-a"]
@@ -54,6 +57,47 @@ def test_cache_expires_entries_and_evicts_least_recently_used_but_never_pinned()
     now[0] = 11.0  # every entry is older than the TTL
     cache.get(["hot"])
     assert fetch.calls[-1] == ["hot"]
+
+
+def test_cache_serves_cached_rows_and_nulls_when_the_store_fails():
+    fetch = CountingFetch()
+    cache = ItemFeatureCache(fetch, ["a", "b"])
+    cache.get(["x"])
+
+    def failing(ids):
+        raise StoreUnavailable("down")
+
+    cache.fetch = failing
+    rows, failed = cache.get(["x", "y"])
+    assert failed
+    assert rows["a"].tolist() == ["x-a", None]
+    cache.fetch = fetch
+    rows, failed = cache.get(["y"])  # nothing was cached for y while the store was down
+    assert not failed and rows["a"].tolist() == ["y-a"] and fetch.calls[-1] == ["y"]
+
+
+def test_store_guard_bounds_the_wait_opens_the_breaker_and_closes_it_again():
+    now = [0.0]
+    guard = StoreGuard(timeout_s=0.05, retry_after_s=1.0, clock=lambda: now[0])
+    release = threading.Event()
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable, match="within 50 ms"):
+        guard.call(release.wait, 10)  # a store that does not answer
+    assert time.monotonic() - started < 5  # not the 10 s the call would take
+    with pytest.raises(StoreUnavailable, match="next try"):
+        guard.call(lambda: "never called")
+    assert (guard.failures, guard.short_circuited) == (1, 1)
+    now[0] = 1.5  # retry_after_s later the store is tried again
+    assert guard.call(lambda: "answer") == "answer"
+    with pytest.raises(StoreUnavailable, match="error: refused"):
+        guard.call(_refuse)
+    assert guard.failures == 2 and guard.is_open
+    release.set()
+    guard.close()
+
+
+def _refuse():
+    raise ConnectionRefusedError("refused")
 
 
 def test_cache_drops_everything_when_the_materialization_marker_changes(tmp_path):
@@ -126,7 +170,7 @@ def test_online_item_reads_match_the_store_and_are_cached(world, materialized_st
     features = OnlineFeatures(materialized_store)
     items = list(world.items["item_id"][:50])
     direct = features.fetch_items(items)
-    cached_once, cached_twice = features.items(items), features.items(items)
+    (cached_once, _), (cached_twice, _) = features.items(items), features.items(items)
     pd.testing.assert_frame_equal(direct[ITEM_FEATURES], cached_once)
     pd.testing.assert_frame_equal(cached_once, cached_twice)
     assert features.item_cache.misses == 50 and features.item_cache.hits == 50
