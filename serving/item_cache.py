@@ -8,8 +8,11 @@ through Feast that is one store round trip plus protobuf decoding for every item
 - ``pinned`` items (the popular ones, which every request touches) are never evicted;
 - every entry is dropped when the materialization marker changes (``recsys features materialize``
   rewrites it), so a new batch is visible at once instead of after the TTL;
-- when the store is unavailable, the rows it would have filled are nulls and the lookup says so;
+- when the store is unavailable, the rows it would have filled are NaN and the lookup says so;
   the cached rows are still served.
+
+Rows are kept in one float64 matrix (item features are numeric), so a lookup of 300 items is a
+dict probe per item and one fancy-indexing copy, not a DataFrame build.
 """
 
 from __future__ import annotations
@@ -20,9 +23,12 @@ from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from serving.store_guard import StoreUnavailable
+
+ItemColumns = dict[str, np.ndarray]  # feature name → float64 values, one per requested item (NaN: unknown)
 
 
 class ItemFeatureCache:
@@ -40,55 +46,85 @@ class ItemFeatureCache:
         self.clock = clock
         self.hits = 0
         self.misses = 0
-        self._entries: OrderedDict[str, tuple[float, tuple]] = OrderedDict()
+        self._slots: OrderedDict[str, int] = OrderedDict()  # item → its row in _values, least recent first
+        self._values = np.empty((0, len(columns)), dtype=np.float64)
+        self._fetched_at = np.empty(0, dtype=np.float64)
+        self._free: list[int] = []
         self._lock = threading.Lock()
         self._marker_seen = self._marker_version()
         self._marker_checked = clock()
 
-    def get(self, item_ids: list[str]) -> tuple[pd.DataFrame, bool]:
-        """Feature rows in the order of ``item_ids``, misses fetched in one call; and True if that
-        call failed (the missed rows are then nulls, and nothing is cached for them)."""
+    def get(self, item_ids: list[str]) -> tuple[ItemColumns, bool]:
+        """Feature columns in the order of ``item_ids``, misses fetched in one call; and True if that
+        call failed (the missed rows are then NaN, and nothing is cached for them)."""
         now = self.clock()
         self._invalidate_if_materialized(now)
-        rows: dict[str, tuple] = {}
+        out = np.full((len(item_ids), len(self.columns)), np.nan)
+        missing: dict[str, list[int]] = {}
         with self._lock:
-            for item in item_ids:
-                entry = self._entries.get(item)
-                if entry is not None and now - entry[0] < self.ttl_s:
-                    rows[item] = entry[1]
-                    self._entries.move_to_end(item)
-        missing = [item for item in dict.fromkeys(item_ids) if item not in rows]
-        self.hits += len(item_ids) - len(missing)
+            hit_positions, hit_slots = [], []
+            for position, item in enumerate(item_ids):
+                slot = self._slots.get(item)
+                if slot is not None and now - self._fetched_at[slot] < self.ttl_s:
+                    hit_positions.append(position)
+                    hit_slots.append(slot)
+                    self._slots.move_to_end(item)
+                else:
+                    missing.setdefault(item, []).append(position)
+            out[hit_positions] = self._values[hit_slots]
+        self.hits += len(item_ids) - sum(map(len, missing.values()))
         self.misses += len(missing)
         failed = False
         if missing:
             try:
-                fetched = self.fetch(missing)[self.columns].itertuples(index=False, name=None)
+                fetched = self._numeric(self.fetch(list(missing)))
             except StoreUnavailable:
-                rows.update(dict.fromkeys(missing, (None,) * len(self.columns)))
                 failed = True
             else:
                 with self._lock:
-                    for item, values in zip(missing, fetched, strict=True):
-                        rows[item] = values
-                        self._entries[item] = (now, values)
-                        self._entries.move_to_end(item)
+                    for (item, positions), row in zip(missing.items(), fetched, strict=True):
+                        out[positions] = row
+                        self._put(item, row, now)
                     self._evict()
-        return pd.DataFrame.from_records([rows[item] for item in item_ids], columns=self.columns), failed
+        return {name: out[:, j] for j, name in enumerate(self.columns)}, failed
 
     def clear(self) -> None:
         with self._lock:
-            self._entries.clear()
+            self._slots.clear()
+            self._free = list(range(len(self._values)))
+
+    def _numeric(self, frame: pd.DataFrame) -> np.ndarray:
+        return frame[self.columns].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+
+    def _put(self, item: str, row: np.ndarray, now: float) -> None:
+        """Store one row (caller holds the lock), growing the matrix by doubling when it is full."""
+        slot = self._slots.get(item)
+        if slot is None:
+            if not self._free:
+                size = len(self._values)
+                grown = max(1024, 2 * size)
+                self._values = np.concatenate([self._values, np.empty((grown - size, len(self.columns)))])
+                self._fetched_at = np.concatenate([self._fetched_at, np.zeros(grown - size)])
+                self._free = list(range(grown - 1, size - 1, -1))
+            slot = self._free.pop()
+        self._slots[item] = slot
+        self._slots.move_to_end(item)
+        self._values[slot] = row
+        self._fetched_at[slot] = now
 
     def _evict(self) -> None:
         """Drop least recently used unpinned entries beyond capacity (caller holds the lock)."""
-        excess = len(self._entries) - self.capacity
-        for item in list(self._entries):
-            if excess <= 0:
-                break
+        excess = len(self._slots) - self.capacity
+        if excess <= 0:
+            return
+        victims = []
+        for item in self._slots:  # oldest first; stops as soon as enough are found
             if item not in self.pinned:
-                del self._entries[item]
-                excess -= 1
+                victims.append(item)
+                if len(victims) == excess:
+                    break
+        for item in victims:
+            self._free.append(self._slots.pop(item))
 
     def _marker_version(self) -> float | None:
         try:

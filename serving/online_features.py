@@ -91,6 +91,15 @@ class OnlineFeatures:
         ).to_dict()
         return pd.DataFrame({name: data[name] for name in ITEM_FEATURES})
 
+    def warm_up(self) -> None:
+        """One unguarded read, so that the first request does not pay Feast's start-up (registry,
+        connections) against its deadline. A store that is down now is left to the guard."""
+        try:
+            self.fetch_user("__warm_up__")
+            self.fetch_items(["__warm_up__"])
+        except Exception:  # noqa: BLE001 - readiness reports the store; requests degrade
+            pass
+
     def ping(self) -> None:
         """Raise StoreUnavailable if the online store cannot be read (used by readiness checks)."""
         self.guard.call(self.store.get_online_features, self._user_refs[:1], [{"user_id": "__readyz__"}])

@@ -33,6 +33,7 @@ import pandas as pd
 from serving.deadline import StageOverrun, StageRunner
 from serving.event_log import ImpressionRecord, LogWriter, SlateEntry
 from serving.exploration import Candidates, GreedyPolicy, Policy, Slate
+from serving.item_cache import ItemColumns
 from serving.model import ServingModel
 from serving.online_features import OnlineFeatures, UserFeatures
 from training.ranker_features import ranker_matrix
@@ -166,9 +167,9 @@ class Recommender:
         return rows, scores
 
     @staticmethod
-    def _score(model: ServingModel, user: UserFeatures, items: pd.DataFrame, now: float,
+    def _score(model: ServingModel, user: UserFeatures, items: ItemColumns, now: float,
                retrieval_scores: np.ndarray) -> np.ndarray:
-        users = pd.DataFrame([user.values] * len(items))
+        users = _repeated(user.values, len(retrieval_scores))
         return model.ranker.score(ranker_matrix(users, items, now, retrieval_scores))
 
     def close(self) -> None:
@@ -185,13 +186,13 @@ class Recommender:
                 picks.append(RecommendedItem(item, float(score), offset + len(picks) + 1, 1.0, SOURCE_POPULAR))
         return picks
 
-    def _impression(self, result: Recommendation, now: float, user: UserFeatures, items: pd.DataFrame,
+    def _impression(self, result: Recommendation, now: float, user: UserFeatures, items: ItemColumns,
                     candidate_ids: list[str], k: int, context: dict, scores: np.ndarray,
                     slate: Slate) -> ImpressionRecord:
         top = np.argsort(-scores, kind="stable")[: self.log_candidates]
         position_of = {item_id: i for i, item_id in enumerate(candidate_ids)}
         served = {
-            it.item_id: _jsonable(items.iloc[position_of[it.item_id]].to_dict())
+            it.item_id: _jsonable({name: values[position_of[it.item_id]] for name, values in items.items()})
             for it in result.items if it.item_id in position_of
         }
         return ImpressionRecord(
@@ -211,6 +212,19 @@ class Recommender:
             policy_state=slate.state,
             degraded=result.degraded,
         )
+
+
+def _repeated(values: dict, n: int) -> dict[str, np.ndarray]:
+    """The user's numeric features as columns of n rows (vectors as [n, d] broadcast views, no copies)."""
+    columns = {}
+    for name, value in values.items():
+        if isinstance(value, list | np.ndarray):
+            vector = np.asarray(value)
+            if vector.dtype.kind in "fiu":
+                columns[name] = np.broadcast_to(vector.astype(np.float64), (n, len(vector)))
+        else:
+            columns[name] = np.full(n, np.nan if value is None else float(value))
+    return columns
 
 
 def _jsonable(values: dict) -> dict:

@@ -8,7 +8,6 @@ from types import SimpleNamespace
 
 import faiss
 import numpy as np
-import pandas as pd
 import pytest
 
 from serving.event_log import LogWriter, read_records
@@ -193,7 +192,7 @@ def test_the_impression_log_carries_what_replay_and_ope_need(tmp_path):
     model = SimpleNamespace(retrieval=retrieval, version="v-test", popular_items=["p0"], popular_scores=np.ones(1),
                             ranker=SimpleNamespace(score=lambda x: x[:, -1] + 0.1 * np.sin(np.arange(len(x)))))
     features = SimpleNamespace(user=lambda user_id: UserFeatures({}, set()),
-                               items=lambda ids: pd.DataFrame(index=range(len(ids)), columns=ITEM_FEATURES))
+                               items=lambda ids: ({name: np.full(len(ids), np.nan) for name in ITEM_FEATURES}, False))
     log = LogWriter(tmp_path / "impressions.jsonl")
     pi = make_policy("softmax", {"temperature": 0.2, "rate": 0.3})
     recommender = Recommender(model, features, log, lambda: 1.7e9, policy=pi, n_candidates=60, log_candidates=30)
