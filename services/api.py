@@ -193,12 +193,14 @@ def to_response(result: Recommendation) -> RecommendResponse:
     )
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None,
+               runtime_factory: Callable[[Settings], Runtime] = Runtime) -> FastAPI:
+    """The app; ``runtime_factory`` builds what requests use (a benchmark swaps in a naive one)."""
     settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        app.state.runtime = Runtime(settings)
+        app.state.runtime = runtime_factory(settings)
         yield
         app.state.runtime.close()
 

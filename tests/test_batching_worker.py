@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
 import threading
+import time
 
 from serving.batching_worker import BatchingWorker
 from serving.event_log import FeedbackRecord, LogWriter, read_records
@@ -50,3 +53,36 @@ def test_log_writer_appends_json_lines_and_loses_nothing_on_close(tmp_path):
     records = list(read_records(tmp_path / "feedback.jsonl"))
     assert [r["request_id"] for r in records] == [f"r{n}" for n in range(1_000)]
     assert writer.written == 1_000 and writer.dropped == 0
+
+
+def test_a_stalled_disk_never_blocks_the_caller_and_every_drop_is_counted(tmp_path):
+    """The log is a named pipe nobody reads yet: the writer thread blocks once the pipe's buffer is
+    full, as it would on a stalled disk. Callers must keep returning at once, and what is refused is
+    counted; once the "disk" drains, every accepted record is there."""
+    fifo = tmp_path / "impressions.jsonl"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    writer = LogWriter(fifo, capacity=100)
+    slowest, accepted = 0.0, 0
+    for n in range(5_000):
+        started = time.perf_counter()
+        accepted += writer.write(FeedbackRecord(request_id=f"r{n}", ts=float(n), user_id="u" * 200, item_id="i",
+                                                event="click", value=1))
+        slowest = max(slowest, time.perf_counter() - started)
+    assert slowest < 1.0, f"a write waited {slowest:.2f} s for the disk"
+    assert writer.dropped == 5_000 - accepted > 0
+
+    chunks: list[bytes] = []
+
+    def drain() -> None:  # the disk catches up: read until the writer closes its end
+        os.set_blocking(reader, True)
+        while chunk := os.read(reader, 1 << 16):
+            chunks.append(chunk)
+
+    draining = threading.Thread(target=drain)
+    draining.start()
+    writer.close()
+    draining.join(timeout=30)
+    lines = b"".join(chunks).decode().splitlines()
+    assert len(lines) == accepted == writer.written
+    assert len({json.loads(line)["request_id"] for line in lines}) == accepted
