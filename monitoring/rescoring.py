@@ -18,6 +18,7 @@ from feature_repo.store import historical
 from serving.event_log import FlatLogs
 from serving.model import ServingModel
 from training.ranker_features import ranker_matrix
+from training.retrieval import pair_scores
 
 
 def bundle_scores(logs: FlatLogs, model: ServingModel, store: FeatureStore) -> list[np.ndarray]:
@@ -42,7 +43,7 @@ def bundle_scores(logs: FlatLogs, model: ServingModel, store: FeatureStore) -> l
     item_vectors = np.stack([retrieval.item_vectors[retrieval.item_row[i]] if i in retrieval.item_row
                              else np.zeros(retrieval.item_vectors.shape[1], np.float32)
                              for i in pair_items]) if len(pair_items) else np.zeros((0, 1), np.float32)
-    retrieval_scores = (user_vectors * item_vectors).sum(axis=1)
+    retrieval_scores = pair_scores(user_vectors, item_vectors)
     ts = np.repeat(requests["ts"].to_numpy(dtype=np.float64), sizes)
     scores = model.ranker.score(ranker_matrix(pair_users, item_rows, ts, retrieval_scores))
     return np.split(scores.astype(np.float64), np.cumsum(sizes)[:-1])

@@ -2,8 +2,8 @@
 
 One Feast call for the user (activity, seen items, real-time state), and item features for all
 candidates through the in-process cache (``serving/item_cache.py``), which falls back to one Feast
-call for the items it misses. Frames come back in the same column layout as the offline
-point-in-time join, so the shared ``ranker_matrix`` turns either into the ranker's input.
+call for the items it misses. Columns come back under the same names as the offline
+point-in-time join's, so the shared ``ranker_matrix`` turns either into the ranker's input.
 
 Every store call goes through a :class:`StoreGuard` (deadline + circuit breaker). When the store
 fails, reads never raise: the user's last features read by this process (or empty defaults) and
@@ -28,11 +28,12 @@ from feature_repo.definitions import (
     feature_names,
     feature_refs,
 )
-from serving.item_cache import ItemFeatureCache
+from serving.item_cache import ItemColumns, ItemFeatureCache
 from serving.store_guard import StoreGuard, StoreUnavailable
 
 USER_FEATURES = feature_names(USER_ACTIVITY) + feature_names(USER_REALTIME)
 ITEM_FEATURES = feature_names(ITEM_ACTIVITY) + feature_names(ITEM_ATTRIBUTES)
+READINESS_TIMEOUT_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -74,9 +75,9 @@ class OnlineFeatures:
         seen = set(row["u_seen_items"][0] or []) | set(row["rt_recent_items"][0] or [])
         return UserFeatures(values={name: row[name][0] for name in USER_FEATURES}, seen_items=seen)
 
-    def items(self, item_ids: list[str]) -> tuple[pd.DataFrame, bool]:
-        """Feature rows in the order of ``item_ids`` (missing items give nulls), cached; and whether
-        the store failed, so that some rows are nulls instead of their values."""
+    def items(self, item_ids: list[str]) -> tuple[ItemColumns, bool]:
+        """Feature columns in the order of ``item_ids`` (missing items give NaN), cached; and whether
+        the store failed, so that some rows are NaN instead of their values."""
         return self.item_cache.get(item_ids)
 
     def _guarded_fetch(self, item_ids: list[str]) -> pd.DataFrame:
@@ -100,6 +101,13 @@ class OnlineFeatures:
         except Exception:  # noqa: BLE001 - readiness reports the store; requests degrade
             pass
 
-    def ping(self) -> None:
-        """Raise StoreUnavailable if the online store cannot be read (used by readiness checks)."""
-        self.guard.call(self.store.get_online_features, self._user_refs[:1], [{"user_id": "__readyz__"}])
+    def ping(self, timeout_s: float = READINESS_TIMEOUT_S) -> None:
+        """Raise if the online store cannot be read (readiness checks).
+
+        Readiness asks whether the store answers at all, so the probe has a deadline of its own,
+        outside the breaker: one request's budget is too short a test (a busy machine misses it now
+        and then while the store is fine), and the client's socket timeout too long (redis-py
+        retries a timed-out read three times).
+        """
+        self.guard.check(self.store.get_online_features, timeout_s, self._user_refs[:1],
+                         [{"user_id": "__readyz__"}])

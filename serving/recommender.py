@@ -37,7 +37,7 @@ from serving.item_cache import ItemColumns
 from serving.model import ServingModel
 from serving.online_features import OnlineFeatures, UserFeatures
 from training.ranker_features import ranker_matrix
-from training.retrieval import search_excluding
+from training.retrieval import pair_scores, search_excluding
 
 SOURCE_ANN = "ann"
 SOURCE_POPULAR = "popular"
@@ -161,10 +161,9 @@ class Recommender:
         if row is None:
             return np.empty(0, np.int64), np.empty(0, np.float32)
         exclude = {model.retrieval.item_row[i] for i in seen if i in model.retrieval.item_row}
-        [(rows, scores)] = search_excluding(
-            model.retrieval.index, model.retrieval.user_vectors[row:row + 1], [exclude], self.n_candidates
-        )
-        return rows, scores
+        query = model.retrieval.user_vectors[row:row + 1]
+        [(rows, _)] = search_excluding(model.retrieval.index, query, [exclude], self.n_candidates)
+        return rows, pair_scores(query, model.retrieval.item_vectors[rows])
 
     @staticmethod
     def _score(model: ServingModel, user: UserFeatures, items: ItemColumns, now: float,

@@ -58,6 +58,14 @@ class StoreGuard:
             self._trip()
             raise StoreUnavailable(f"online store error: {exc}") from exc
 
+    def check(self, fn: Callable[..., T], timeout_s: float, *args) -> T:
+        """Call ``fn`` under a deadline of its own, outside the breaker (readiness probes): an
+        overrun raises StoreUnavailable but neither trips nor resets the breaker."""
+        try:
+            return self._runner.run(fn, timeout_s, *args)
+        except StageOverrun as exc:
+            raise StoreUnavailable(f"online store did not answer within {timeout_s:g} s") from exc
+
     def close(self) -> None:
         self._runner.close()
 

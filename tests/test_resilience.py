@@ -31,9 +31,9 @@ from serving.model import load_model
 from training.dataset import Dataset
 
 # The feature stage's own time while the store is out: the guard stops waiting after
-# RECSYS_STORE_TIMEOUT_MS (100 ms here); an unguarded read of a stalled store would wait for the
-# socket timeout (1 s) or, without one, forever.
-WELL_WITHIN_BUDGET_MS = 500
+# RECSYS_STORE_TIMEOUT_MS (250 ms here, room for a busy CI machine); an unguarded read of a
+# stalled store would wait for the socket timeout (1 s) or, without one, forever.
+WELL_WITHIN_BUDGET_MS = 600
 
 
 class RedisServer:
@@ -124,7 +124,7 @@ def recovered_within(server, seconds: float, user: str) -> float:
 def test_online_store_stalled_or_down_degrades_then_recovers_by_itself(copy_of_demo_home, own_redis):
     home = copy_of_demo_home
     env = {"RECSYS_PROFILE": "redis", "RECSYS_PROJECT": "resilience", "RECSYS_REDIS_URL": own_redis.url,
-           "RECSYS_STORE_TIMEOUT_MS": "100", "RECSYS_STORE_RETRY_AFTER_S": "1"}
+           "RECSYS_STORE_TIMEOUT_MS": "250", "RECSYS_STORE_RETRY_AFTER_S": "1"}
     recsys("features", "apply", "--home", str(home), env=env)
     recsys("features", "materialize", "--home", str(home), env=env)
     dataset = Dataset.load(home / "data")
@@ -155,9 +155,20 @@ def test_online_store_stalled_or_down_degrades_then_recovers_by_itself(copy_of_d
 
         assert metric(server, "recsys_degraded_responses_total") >= len(stalled) + len(down)
         assert metric(server, "recsys_online_store_failures_total") > 0
-        statuses = {line for line in httpx.get(f"{server.url}/metrics").text.splitlines()
-                    if line.startswith("recsys_requests_total{") and 'status="5' in line}
+        statuses = {line for line in httpx.get(f"{server.url}/metrics").text.splitlines()  # /readyz's 503 is its answer
+                    if line.startswith("recsys_requests_total{") and 'status="5' in line and "/readyz" not in line}
         assert not statuses, f"server errors: {statuses}"
+
+
+def degraded_answer(server, user: str, tries: int = 5) -> dict:
+    """The first degraded answer among a few tries. A 1 µs budget leaves no stage time to finish,
+    unless the request thread is preempted between handing the stage off and waiting for it (the
+    finished result is then used, as it should be); on a busy 2-core machine that happens now and then."""
+    for _ in range(tries):
+        body = get(server, user).json()
+        if body["degraded"]:
+            return body
+    raise AssertionError(f"no degraded answer in {tries} requests")
 
 
 def test_a_stage_over_its_budget_falls_back_instead_of_failing(copy_of_demo_home):
@@ -165,11 +176,11 @@ def test_a_stage_over_its_budget_falls_back_instead_of_failing(copy_of_demo_home
     user = Dataset.load(home / "data").interactions["user_id"].iloc[-1]
     with running_server(home) as server:
         ranked = get(server, user).json()
+    assert not ranked["degraded"]
 
     # 1 µs: no ONNX run fits, so the candidates keep their retrieval order and scores
     with running_server(home, env={"RECSYS_RANKING_BUDGET_MS": "0.001"}) as server:
-        unranked = get(server, user).json()
-    assert unranked["degraded"] and not ranked["degraded"]
+        unranked = degraded_answer(server, user)
     assert {it["source"] for it in unranked["items"]} == {"ann"}
     scores = [it["score"] for it in unranked["items"]]
     assert scores == sorted(scores, reverse=True)
@@ -177,8 +188,8 @@ def test_a_stage_over_its_budget_falls_back_instead_of_failing(copy_of_demo_home
 
     # no FAISS search fits: the popularity fallback fills the slate
     with running_server(home, env={"RECSYS_RETRIEVAL_BUDGET_MS": "0.001"}) as server:
-        popular = get(server, user).json()
-    assert popular["degraded"] and len(popular["items"]) == 10
+        popular = degraded_answer(server, user)
+    assert len(popular["items"]) == 10
     assert {it["source"] for it in popular["items"]} == {"popular"}
 
 

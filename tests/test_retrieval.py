@@ -8,7 +8,7 @@ import faiss
 import numpy as np
 import pytest
 
-from training.retrieval import search_excluding
+from training.retrieval import pair_scores, search_excluding
 from training.retrieval_index import EXACT_MAX_ITEMS, IVF_NPROBE, build_index, configure_for_search
 
 
@@ -144,3 +144,18 @@ def test_configure_for_search_leaves_a_flat_index_alone() -> None:
     index, params = build_index(unit(np.random.default_rng(4).normal(size=(10, 4))))
     configure_for_search(index, params)  # no IVF inside: must not raise
     assert index.ntotal == 10
+
+
+def test_pair_scores_have_the_same_bits_however_pairs_are_batched():
+    """The ranker compares this score with tree thresholds: one ulp of difference between training,
+    serving and rescoring could flip a split, so the score must not depend on batching or order."""
+    rng = np.random.default_rng(7)
+    users = rng.normal(size=(50, 64)).astype(np.float32)
+    items = rng.normal(size=(50, 64)).astype(np.float32)
+    batched = pair_scores(users, items)
+    one_by_one = np.concatenate([pair_scores(users[i:i + 1], items[i:i + 1]) for i in range(50)])
+    reversed_dims = pair_scores(users[:, ::-1], items[:, ::-1])
+    assert batched.dtype == np.float32
+    assert batched.tobytes() == one_by_one.tobytes() == reversed_dims.tobytes()
+    exact = (users.astype(np.float64) * items.astype(np.float64)).sum(axis=1)
+    np.testing.assert_allclose(batched, exact, rtol=1e-6)

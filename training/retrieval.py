@@ -3,6 +3,11 @@
 FAISS cannot filter per query, so the search over-fetches by the size of the largest exclusion
 set and drops excluded rows afterwards. Used by the training-set builder, offline evaluation,
 batch recommendation and the serving ANN source alike.
+
+The two-tower score is also a ranker feature, and a tree compares it against thresholds: a value
+one float32 ulp off can take the other branch. FAISS's inner products sum in their own order, which
+differs from any numpy sum, so every place that feeds the ranker (training examples, serving,
+rescoring logged requests) computes the score with :func:`pair_scores` instead.
 """
 
 from __future__ import annotations
@@ -30,3 +35,13 @@ def search_excluding(
             valid &= ~np.isin(rows[q], np.fromiter(exclude[q], dtype=np.int64))
         results.append((rows[q][valid][:n].astype(np.int64), scores[q][valid][:n]))
     return results
+
+
+def pair_scores(user_vectors: np.ndarray, item_vectors: np.ndarray) -> np.ndarray:
+    """Two-tower scores of row-aligned (user, item) pairs, float32, the same bits wherever computed.
+
+    Products of float32 values are exact in float64 and the float64 sum is rounded once, so the
+    summation order cannot change the float32 result (short of a tie within 1e-16 of a rounding edge).
+    """
+    products = np.asarray(user_vectors, dtype=np.float64) * np.asarray(item_vectors, dtype=np.float64)
+    return products.sum(axis=-1).astype(np.float32)

@@ -19,7 +19,7 @@ from training.dataset import Dataset
 from training.features import DAY
 from training.offline_features import features_as_of
 from training.ranker_features import ranker_matrix
-from training.retrieval import search_excluding
+from training.retrieval import pair_scores, search_excluding
 
 
 @dataclass
@@ -62,11 +62,14 @@ def retrieve(model: RetrievalModel, user_ids: list[str], seen: dict[str, set[str
     absent = {model.item_row[i] for i in unavailable if i in model.item_row}
     exclude = [absent | {model.item_row[i] for i in seen.get(u, ()) if i in model.item_row} for u in known]
     results = search_excluding(model.index, queries, exclude, n)
+    sizes = np.array([len(rows) for rows, _ in results], dtype=np.int64)
+    item_rows = np.concatenate([rows for rows, _ in results]) if results else np.empty(0, np.int64)
+    query_rows = np.repeat(np.arange(len(known)), sizes)
     return CandidateSet(
         user_ids=known,
-        sizes=np.array([len(rows) for rows, _ in results], dtype=np.int64),
-        item_rows=np.concatenate([rows for rows, _ in results]) if results else np.empty(0, np.int64),
-        retrieval_scores=np.concatenate([s for _, s in results]) if results else np.empty(0, np.float32),
+        sizes=sizes,
+        item_rows=item_rows,
+        retrieval_scores=pair_scores(queries[query_rows], model.item_vectors[item_rows]),
     )
 
 
