@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -93,7 +94,7 @@ def serve_naive(port: int) -> None:
             super().__init__(settings)
             model = self.recommender.model
             self.recommender.features = FeastEveryRequest(self.features)
-            self.recommender.model = replace(model, ranker=NativeLightGBM(model.path / bundle.RANKER_LGB))
+            self.recommender.model = replace(model, ranker=NativeLightGBM(model.path / bundle.RANKER_NATIVE))
 
     uvicorn.run(create_app(Settings(), NaiveRuntime), host="127.0.0.1", port=port, log_level="warning",
                 access_log=False)
@@ -228,8 +229,37 @@ def unloaded(home: Path, env: dict, requests: Path, duration: float, naive: bool
         server.stop()
 
 
+def onnx_thread_tradeoff(model_path: Path, n_features: int, rows: int = 300, calls: int = 400) -> dict:
+    """ONNX Runtime's intra-op threads, 1 vs 2, on one request's worth of candidates: the latency of a
+    call alone, and the calls/s of two callers at once (what two concurrent requests see)."""
+    import onnxruntime as ort
+
+    features = np.random.default_rng(0).normal(size=(rows, n_features)).astype(np.float32)
+    out = {}
+    for threads in (1, 2):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        feed = {session.get_inputs()[0].name: features}
+        for _ in range(20):
+            session.run(None, feed)
+        alone = []
+        for _ in range(calls):
+            t = time.perf_counter()
+            session.run(None, feed)
+            alone.append((time.perf_counter() - t) * 1000)
+        with ThreadPoolExecutor(2) as pool:
+            t = time.perf_counter()
+            list(pool.map(session.run, [None] * calls, [feed] * calls))
+            two_callers = calls / (time.perf_counter() - t)
+        out[f"{threads}_threads"] = {"alone_p50_ms": round(float(np.percentile(alone, 50)), 3),
+                                     "alone_p99_ms": round(float(np.percentile(alone, 99)), 3),
+                                     "two_callers_calls_per_s": round(two_callers, 1)}
+    return out
+
+
 def summary(report: dict) -> dict:
-    return {"target_rate": report.get("target_rate"), "achieved_rate": report["achieved_rate"],
+    return {"target": report.get("target"), "achieved_rate": report["achieved_rate"],
             "latency_ms": report["latency_ms"], "errors": report["errors"],
             "generator_lateness_p99_ms": report["generator_lateness_ms"]["p99"],
             "degraded_share": report.get("stages_from_log", {}).get("degraded_share")}
@@ -293,7 +323,8 @@ def main() -> None:
         highest = rate
     out["rate_search"] = {"workers": best, "steps": steps, "highest_rate_with_p99_within_50ms": highest}
 
-    naive_env = {**env, "RECSYS_STORE_TIMEOUT_MS": "10000", "RECSYS_RANKING_BUDGET_MS": "10000"}
+    naive_env = {**env, "RECSYS_STORE_TIMEOUT_MS": "10000", "RECSYS_RETRIEVAL_BUDGET_MS": "10000",
+                 "RECSYS_RANKING_BUDGET_MS": "10000"}
     naive = measured_run(home, naive_env, requests, args.rate, args.duration_step, args.warmup / 2, 1, naive=True)
     print(f"naive at {args.rate:g}/s: {json.dumps(summary(naive))}", flush=True)
     fast_alone = unloaded(home, env, requests, args.duration_step, naive=False)
@@ -305,6 +336,11 @@ def main() -> None:
         "p99_ratio_at_target_rate": round(naive["latency_ms"]["p99"] / fast_p99, 1) if fast_p99 else None,
         "p99_ratio_one_at_a_time": round(naive_alone["latency_ms"]["p99"] / fast_alone["latency_ms"]["p99"], 1),
     }
+    from training.bundle import RANKER_ONNX, latest_bundle
+    from training.ranker_features import RANKER_FEATURES
+
+    out["onnx_threads"] = onnx_thread_tradeoff(latest_bundle(home / "bundles") / RANKER_ONNX, len(RANKER_FEATURES))
+    print(f"onnx threads: {json.dumps(out['onnx_threads'])}", flush=True)
     out["wall_s"] = round(time.monotonic() - started, 1)
     text = json.dumps(out, indent=2)
     print(text)

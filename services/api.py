@@ -108,7 +108,7 @@ class Runtime:
         marker = settings.features_dir / MATERIALIZED_MARKER
         guard = StoreGuard(settings.store_timeout_ms / 1000, settings.store_retry_after_s)
         self.features = OnlineFeatures(store, marker=marker, pinned_items=set(model.popular_items), guard=guard)
-        self.features.warm_up()
+        self.features.warm_up(model.retrieval.item_ids)
         budgets = StageBudgets(settings.retrieval_budget_ms / 1000, settings.ranking_budget_ms / 1000)
         self.impressions = LogWriter(settings.logs_dir / IMPRESSIONS_FILE)
         self.feedback = LogWriter(settings.logs_dir / FEEDBACK_FILE)

@@ -92,12 +92,13 @@ class OnlineFeatures:
         ).to_dict()
         return pd.DataFrame({name: data[name] for name in ITEM_FEATURES})
 
-    def warm_up(self) -> None:
-        """One unguarded read, so that the first request does not pay Feast's start-up (registry,
-        connections) against its deadline. A store that is down now is left to the guard."""
+    def warm_up(self, catalog: list[str] = ()) -> None:
+        """Unguarded reads before serving: one user, so that the first request does not pay Feast's
+        start-up (registry, connections) against its deadline, and the ``catalog`` items into the
+        item cache. A store that is down now is left to the guard and to readiness."""
         try:
             self.fetch_user("__warm_up__")
-            self.fetch_items(["__warm_up__"])
+            self.item_cache.load(list(catalog) or ["__warm_up__"], self.fetch_items)
         except Exception:  # noqa: BLE001 - readiness reports the store; requests degrade
             pass
 

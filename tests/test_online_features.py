@@ -30,7 +30,7 @@ class CountingFetch:
 
     def __call__(self, ids: list[str]) -> pd.DataFrame:
         self.calls.append(list(ids))
-        return pd.DataFrame({"a": [ID_VALUE[i] for i in ids], "b": [len(i) for i in ids]})
+        return pd.DataFrame({"a": [ID_VALUE.get(i, 0.5) for i in ids], "b": [len(i) for i in ids]})
 
 
 ID_VALUE = {"x": 1.0, "y": 2.0, "z": 3.0, "hot": 4.0}
@@ -82,20 +82,26 @@ def test_cache_serves_cached_rows_and_nulls_when_the_store_fails():
 
 def test_store_guard_bounds_the_wait_opens_the_breaker_and_closes_it_again():
     now = [0.0]
-    guard = StoreGuard(timeout_s=0.05, retry_after_s=1.0, clock=lambda: now[0])
+    guard = StoreGuard(timeout_s=0.05, retry_after_s=1.0, open_after=2, clock=lambda: now[0])
     release = threading.Event()
     started = time.monotonic()
     with pytest.raises(StoreUnavailable, match="within 50 ms"):
         guard.call(release.wait, 10)  # a store that does not answer
     assert time.monotonic() - started < 5  # not the 10 s the call would take
+    assert not guard.is_open  # one late answer is not an outage
+    with pytest.raises(StoreUnavailable, match="error: refused"):
+        guard.call(_refuse)
     with pytest.raises(StoreUnavailable, match="next try"):
         guard.call(lambda: "never called")
-    assert (guard.failures, guard.short_circuited) == (1, 1)
+    assert (guard.failures, guard.short_circuited) == (2, 1)
     now[0] = 1.5  # retry_after_s later the store is tried again
     assert guard.call(lambda: "answer") == "answer"
     with pytest.raises(StoreUnavailable, match="error: refused"):
         guard.call(_refuse)
-    assert guard.failures == 2 and guard.is_open
+    assert guard.failures == 3 and not guard.is_open  # the success started the count again
+    with pytest.raises(StoreUnavailable, match="error: refused"):
+        guard.call(_refuse)
+    assert guard.is_open
     release.set()
     guard.close()
 
@@ -180,3 +186,27 @@ def test_online_item_reads_match_the_store_and_are_cached(world, materialized_st
     np.testing.assert_array_equal(np.column_stack([cached_twice[name] for name in ITEM_FEATURES]), expected)
     assert features.item_cache.misses == 50 and features.item_cache.hits == 50
     assert json.loads((materialized_store.repo_path / MATERIALIZED_MARKER).read_text())["end_ts"] > 0
+
+
+def test_loading_the_catalog_spreads_expiry_and_a_store_failure_serves_expired_rows():
+    now = [1000.0]
+    fetch = CountingFetch()
+    cache = ItemFeatureCache(fetch, ["a", "b"], ttl_s=100, clock=lambda: now[0])
+    catalog = [f"i{n}" for n in range(1000)]
+    assert cache.load(catalog, fetch, chunk=400) == 1000
+    assert [len(c) for c in fetch.calls] == [400, 400, 200]
+    rows, failed = cache.get(catalog)
+    assert not failed and len(fetch.calls) == 3  # every request item already loaded
+    now[0] += 50  # half a TTL later about half the entries are due, not all of them at once
+    cache.get(catalog)
+    assert 400 < len(fetch.calls[-1]) < 600
+
+    def failing(ids):
+        raise StoreUnavailable("down")
+
+    cache.fetch = failing
+    now[0] += 60  # the rest are due now, and the store is down: they are served as they were
+    stale, failed = cache.get(catalog)
+    assert failed and not np.isnan(stale["a"]).any()
+    fresh, failed = cache.get(["never-read"])
+    assert failed and np.isnan(fresh["a"]).all()
