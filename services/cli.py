@@ -227,6 +227,7 @@ def features_historical(
 
 
 def train(settings: Settings, data_dir: Path, out: Path | None = None):
+    from monitoring.drift_reference import write_reference
     from training.pipeline import TrainConfig, train_bundle
 
     dataset, store = build_features(settings, data_dir)
@@ -238,6 +239,7 @@ def train(settings: Settings, data_dir: Path, out: Path | None = None):
             on_step=lambda step: bar.update(task, description=step),
             on_epoch=lambda done, total, loss: bar.update(epochs, completed=done,
                                                           description=f"two-tower epochs (loss {loss:.3f})"),
+            extra_artifacts=write_reference,
         )
     console.print(result.evaluation.table())
     parity = result.parity

@@ -97,9 +97,14 @@ def train_bundle(
     on_step: Callable[[str], None] = lambda _: None,
     on_epoch: Callable[[int, int, float], None] | None = None,
     train_towers: Callable[..., tuple[np.ndarray, np.ndarray, list[float]]] = train_two_tower,
+    extra_artifacts: Callable[[Path, np.ndarray, np.ndarray, np.ndarray], None] | None = None,
 ) -> TrainResult:
     """Train, evaluate and publish a bundle. ``train_towers`` (same signature as ``train_two_tower``)
-    is where the distributed trainer (``gpu/train.py``) plugs in; everything else is shared."""
+    is where the distributed trainer (``gpu/train.py``) plugs in; everything else is shared.
+
+    ``extra_artifacts(staging, features, scores, group_sizes)`` may add files to the bundle from the
+    held-out evaluation's ranker inputs and ONNX scores: the CLI writes the drift reference this way,
+    so training does not depend on monitoring."""
     t0, split = split_times(dataset, config)
     item_ids = dataset.items["item_id"].astype(str).tolist()
     history = dataset.interactions[dataset.interactions["ts"] < t0]
@@ -137,6 +142,8 @@ def train_bundle(
         raise ParityError(f"ONNX ranker disagrees with LightGBM: {parity.to_dict()}")
 
     on_step("writing the bundle")
+    if extra_artifacts is not None:
+        extra_artifacts(staging, evaluation.features, onnx_ranker.score(evaluation.features), evaluation.group_sizes)
     np.save(staging / bundle.ITEM_VECTORS, item_vectors[1:])
     np.save(staging / bundle.USER_VECTORS, user_vectors[1:])
     bundle.write_json(staging / bundle.ITEM_IDS, item_ids)

@@ -1,0 +1,124 @@
+"""Reference bins for drift, frozen at training time and shipped in the bundle.
+
+Drift is measured on what the ranker saw for the item it put first: one row of ranker features
+and its score per request. One row per request (not all ~300 candidates) keeps the counted values
+close to independent, which the chi-square test of ``monitoring/drift.py`` assumes; the first item
+is also what the impression log records, so ``recsys drift`` counts the same thing offline.
+The reference is the same row for every request of the training run's held-out evaluation.
+
+Bins per series (each ranker feature, and ``model_score``):
+
+- numeric: the reference's deciles as inner edges (duplicates merged), with open outer bins, so a
+  served value outside the training range still lands in a bin; bins are right-closed;
+- categorical (a series with at most ``TOP_K`` distinct reference values, e.g. a mostly-zero
+  integer count): one bin per value plus ``other`` for values never seen in training;
+- and a ``missing`` bin (NaN) for both.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from training.bundle import DRIFT_REFERENCE
+from training.ranker_features import RANKER_FEATURES
+
+N_QUANTILE_BINS = 10
+TOP_K = 10
+SCORE = "model_score"
+MISSING = "missing"
+OTHER = "other"
+
+
+@dataclass(frozen=True)
+class SeriesBins:
+    """How one series' values are binned, with the reference's count per bin (labels order)."""
+
+    name: str
+    kind: str  # "numeric" or "categorical"
+    edges: list[float]  # numeric: inner right-closed edges; categorical: the values, sorted
+    counts: list[int]
+
+    @property
+    def labels(self) -> list[str]:
+        if self.kind == "categorical":
+            return [f"={_fmt(v)}" for v in self.edges] + [OTHER, MISSING]
+        bounds = ["-inf", *map(_fmt, self.edges), "+inf"]
+        return [f"({lo}, {hi}]" if hi != "+inf" else f"({lo}, +inf)" for lo, hi in zip(bounds, bounds[1:],
+                                                                                        strict=False)] + [MISSING]
+
+    def bin_of(self, value: float) -> int:
+        """The bin index of one value (cheap: a bisection, no arrays; called per served request)."""
+        if value != value:  # NaN
+            return len(self.counts) - 1
+        if self.kind == "numeric":
+            return bisect.bisect_left(self.edges, value)
+        i = bisect.bisect_left(self.edges, value)
+        return i if i < len(self.edges) and self.edges[i] == value else len(self.edges)
+
+
+@dataclass(frozen=True)
+class DriftReference:
+    series: list[SeriesBins]
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.series]
+
+    def to_json(self) -> str:
+        return json.dumps({"series": [asdict(s) for s in self.series]})
+
+    @classmethod
+    def from_json(cls, text: str) -> DriftReference:
+        return cls([SeriesBins(**s) for s in json.loads(text)["series"]])
+
+    @classmethod
+    def load(cls, path: Path) -> DriftReference:
+        return cls.from_json(path.read_text())
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def bins_for(name: str, values: np.ndarray) -> SeriesBins:
+    """Bins for one series from its reference values (NaN = missing)."""
+    values = np.asarray(values, dtype=np.float64)
+    present = values[~np.isnan(values)]
+    distinct = np.unique(present)
+    if len(distinct) <= TOP_K:
+        bins = SeriesBins(name, "categorical", distinct.tolist(), [0] * (len(distinct) + 2))
+    else:
+        quantiles = np.quantile(present, np.linspace(0, 1, N_QUANTILE_BINS + 1)[1:-1], method="lower")
+        edges = np.unique(quantiles)
+        bins = SeriesBins(name, "numeric", edges.tolist(), [0] * (len(edges) + 2))
+    counts = np.bincount([bins.bin_of(v) for v in values.tolist()], minlength=len(bins.counts))
+    return SeriesBins(bins.name, bins.kind, bins.edges, counts.tolist())
+
+
+def first_ranked_rows(scores: np.ndarray, group_sizes: np.ndarray) -> np.ndarray:
+    """Row index of the best-scored candidate of each request (requests = consecutive groups)."""
+    starts = np.concatenate([[0], np.cumsum(group_sizes)[:-1]]).astype(np.int64)
+    return np.array([start + int(np.argmax(scores[start:start + size]))
+                     for start, size in zip(starts, group_sizes, strict=True) if size > 0], dtype=np.int64)
+
+
+def build_reference(feature_names: list[str], features: np.ndarray, scores: np.ndarray,
+                    group_sizes: np.ndarray) -> DriftReference:
+    """Reference bins from the held-out evaluation's ranker inputs and scores (first-ranked row per request)."""
+    rows = first_ranked_rows(scores, group_sizes)
+    if len(rows) == 0:
+        raise ValueError("drift reference: the evaluation has no requests")
+    series = [bins_for(name, features[rows, j]) for j, name in enumerate(feature_names)]
+    series.append(bins_for(SCORE, scores[rows]))
+    return DriftReference(series)
+
+
+def write_reference(staging: Path, features: np.ndarray, scores: np.ndarray, group_sizes: np.ndarray) -> None:
+    """The ``extra_artifacts`` hook of ``training.pipeline.train_bundle``: the bundle's drift reference."""
+    reference = build_reference(list(RANKER_FEATURES), features, scores, group_sizes)
+    (staging / DRIFT_REFERENCE).write_text(reference.to_json())
