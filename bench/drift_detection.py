@@ -72,9 +72,9 @@ def detection_delay(reference: DriftReference, draw: Callable[[int], np.ndarray]
 
 
 def real_reference_rows(home: Path) -> tuple[np.ndarray, list[str]]:
-    """The first-ranked row and score of each evaluation request of the home's newest bundle."""
+    """The reference rows (one sampled candidate per evaluation request) of the home's newest bundle."""
     from feature_repo.store import open_store
-    from monitoring.drift_reference import SCORE, first_ranked_rows
+    from monitoring.drift_reference import SCORE, sampled_rows
     from services.settings import Settings
     from serving.model import load_model
     from training.bundle import latest_bundle
@@ -87,7 +87,7 @@ def real_reference_rows(home: Path) -> tuple[np.ndarray, list[str]]:
     evaluation = evaluate(Dataset.load(settings.data_dir), model.retrieval, store,
                           model.manifest.training_cutoff_ts, model.ranker.score, settings.n_candidates)
     scores = model.ranker.score(evaluation.features)
-    rows = first_ranked_rows(scores, evaluation.group_sizes)
+    rows = sampled_rows(evaluation.group_sizes)
     values = np.column_stack([evaluation.features[rows].astype(np.float64), scores[rows]])
     return values, [*model.manifest.ranker_features, SCORE]
 

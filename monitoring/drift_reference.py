@@ -1,10 +1,11 @@
 """Reference bins for drift, frozen at training time and shipped in the bundle.
 
-Drift is measured on what the ranker saw for the item it put first: one row of ranker features
-and its score per request. One row per request (not all ~300 candidates) keeps the counted values
-close to independent, which the chi-square test of ``monitoring/drift.py`` assumes; the first item
-is also what the impression log records, so ``recsys drift`` counts the same thing offline.
-The reference is the same row for every request of the training run's held-out evaluation.
+Drift is measured on what the ranker saw: one candidate's ranker features and score per request,
+picked uniformly at random (``Recommendation.drift_sample``; the impression log records the same
+row, so ``recsys drift`` counts the same thing offline). One row per request, not all ~300
+candidates, keeps the counted values close to independent, which the chi-square test of
+``monitoring/drift.py`` assumes (a request's candidates share its user's features). The reference
+is one candidate per request of the training run's held-out evaluation, drawn with a fixed seed.
 
 Bins per series (each ranker feature, and ``model_score``):
 
@@ -100,17 +101,18 @@ def bins_for(name: str, values: np.ndarray) -> SeriesBins:
     return SeriesBins(bins.name, bins.kind, bins.edges, counts.tolist())
 
 
-def first_ranked_rows(scores: np.ndarray, group_sizes: np.ndarray) -> np.ndarray:
-    """Row index of the best-scored candidate of each request (requests = consecutive groups)."""
-    starts = np.concatenate([[0], np.cumsum(group_sizes)[:-1]]).astype(np.int64)
-    return np.array([start + int(np.argmax(scores[start:start + size]))
-                     for start, size in zip(starts, group_sizes, strict=True) if size > 0], dtype=np.int64)
+def sampled_rows(group_sizes: np.ndarray, seed: int = 0) -> np.ndarray:
+    """One row index per request (requests = consecutive groups of rows), uniform within it."""
+    sizes = np.asarray(group_sizes, dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    offsets = np.random.default_rng(seed).integers(0, np.maximum(sizes, 1))
+    return (starts + offsets)[sizes > 0]
 
 
 def build_reference(feature_names: list[str], features: np.ndarray, scores: np.ndarray,
                     group_sizes: np.ndarray) -> DriftReference:
-    """Reference bins from the held-out evaluation's ranker inputs and scores (first-ranked row per request)."""
-    rows = first_ranked_rows(scores, group_sizes)
+    """Reference bins from the held-out evaluation's ranker inputs and scores (one sampled row per request)."""
+    rows = sampled_rows(group_sizes)
     if len(rows) == 0:
         raise ValueError("drift reference: the evaluation has no requests")
     series = [bins_for(name, features[rows, j]) for j, name in enumerate(feature_names)]

@@ -10,7 +10,9 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -504,6 +506,17 @@ def ab_report_command(
 
 
 def run_server(settings: Settings) -> None:
+    # Metrics in multiprocess mode (monitoring/metrics.py), in a folder of this server's own: set
+    # before prometheus_client is first imported, inherited by the worker processes.
+    metrics_dir = tempfile.mkdtemp(prefix="recsys-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        _run_server(settings)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _run_server(settings: Settings) -> None:
     import uvicorn
 
     from services.serving_process import create_app  # first: keeps torch out of this process
