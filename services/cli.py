@@ -331,6 +331,37 @@ def skew_command(
         raise typer.Exit(3)
 
 
+@app.command("drift")
+@handle_errors
+def drift_command(
+    logs: Annotated[Path | None, typer.Option(help="Impression log or logs directory (default: the work "
+                                                   "directory's logs).")] = None,
+    feedback: Annotated[Path | None, typer.Option(help="Feedback log (default: feedback.jsonl beside it).")] = None,
+    bundle: Annotated[Path | None, typer.Option(help="Bundle whose reference to compare with (default: the "
+                                                     "newest).")] = None,
+    window_s: Annotated[float, typer.Option("--window-s", min=1, help="The window: the log's last seconds.")] = 3600.0,
+    tolerance: Annotated[float, typer.Option(min=0.0, max=1.0, help="CTR drop (relative) that counts.")] = 0.05,
+    min_items: Annotated[int, typer.Option("--min-items", min=1, help="Shown items needed on each side of the "
+                                                                       "CTR comparison.")] = 500,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    home: Home = None,
+) -> None:
+    """Drift of the log's last window against the bundle's reference, and a retrain decision. Exit 3: retrain."""
+    from monitoring.drift_reference import DriftReference
+    from monitoring.drift_report import drift_decision
+    from training.bundle import DRIFT_REFERENCE, latest_bundle
+
+    settings = settings_for(home)
+    path = (bundle or latest_bundle(settings.bundles_dir)) / DRIFT_REFERENCE
+    if not path.exists():
+        raise CliError(f"{path.parent}: the bundle has no drift reference (trained before drift monitoring); retrain")
+    decision = drift_decision(logs or settings.logs_dir, feedback, DriftReference.load(path), window_s, tolerance,
+                              min_items)
+    print(json.dumps(decision.to_dict(), indent=2) if as_json else decision.table())
+    if decision.retrain:
+        raise typer.Exit(3)
+
+
 # --- the whole stack as local processes (docker-compose.yml without Docker) ---------------------
 
 
