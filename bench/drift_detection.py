@@ -1,18 +1,23 @@
 """False-alarm rate and detection delay of the drift alert (monitoring/drift.py).
 
-Two sources of reference values:
+Three sources:
 
 - ``synthetic`` (default): 16 features shaped like the ranker's (continuous, skewed, integer
   counts, mostly-zero counts) plus a score, 775 reference requests (the small world's evaluation);
+  windows are fresh draws from the same distributions;
 - ``--home DIR``: the real reference rows of a trained work directory (``recsys demo --no-serve``),
-  recomputed from its bundle's evaluation, and stationary windows resampled from them.
+  recomputed from its bundle's evaluation; windows are resampled from them;
+- ``--home DIR --logs FILE``: the bundle's frozen reference, and windows resampled from the ranker
+  samples the API logged while serving (e.g. ``recsys simulate`` traffic): the served distribution,
+  a week of simulated time after the training split, against the reference.
 
-False alarms: windows of 50..500 requests drawn from the reference's own distribution; a window
-alarms when any series drifts. Detection: one feature shifted by 0.5 of its standard deviation,
-requests added one by one; the delay is the number of requests when that feature is first flagged
-(checked every 10 requests, up to 2,000).
+False alarms: windows of 50..500 requests, no drift injected; a window alarms when any series
+drifts. Detection: one feature shifted by 0.5 of its standard deviation, requests added one by
+one; the delay is the number of requests when that feature is first flagged (checked every 10
+requests, up to 2,000).
 
-    python bench/drift_detection.py [--home recsys-work] [--windows 600] [--seed 0]
+    python bench/drift_detection.py [--home recsys-work [--logs recsys-work/logs/impressions.jsonl]]
+                                    [--windows 600] [--seed 0]
 """
 
 from __future__ import annotations
@@ -92,27 +97,47 @@ def real_reference_rows(home: Path) -> tuple[np.ndarray, list[str]]:
     return values, [*model.manifest.ranker_features, SCORE]
 
 
+def logged_samples(path: Path, names: list[str]) -> np.ndarray:
+    """The ranker samples of an impression log as rows (series order)."""
+    from serving.event_log import read_records
+
+    samples = [r["ranker_sample"] for r in read_records(path) if r.get("ranker_sample")]
+    return np.array([[s["features"][n] for n in names[:-1]] + [s["score"]] for s in samples], dtype=np.float64)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--home", type=Path, help="Work directory with a trained bundle (default: synthetic).")
+    parser.add_argument("--logs", type=Path, help="With --home: draw windows from this impression log's samples.")
     parser.add_argument("--windows", type=int, default=600)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
-    if args.home:
+    if args.home and args.logs:
+        from monitoring.drift_reference import DriftReference
+        from training.bundle import DRIFT_REFERENCE, latest_bundle
+
+        reference = DriftReference.load(latest_bundle(args.home / "bundles") / DRIFT_REFERENCE)
+        names = reference.names
+        values = logged_samples(args.logs, names)
+    elif args.home:
         values, names = real_reference_rows(args.home)
-        draw = lambda n: values[rng.integers(0, len(values), n)].copy()  # noqa: E731
+        reference = reference_of(values, names)
     else:
         names = [f"f{j}" for j in range(17)]
         values = synthetic_population(rng, N_REFERENCE)
+        reference = reference_of(values, names)
+    if args.home:
+        draw = lambda n: values[rng.integers(0, len(values), n)].copy()  # noqa: E731
+    else:
         draw = lambda n: synthetic_population(rng, n)  # noqa: E731
-    reference = reference_of(values, names)
     alarms, windows = false_alarms(reference, draw, args.windows, rng)
     delays = {name: detection_delay(reference, draw, j, 0.5 * float(np.std(values[:, j])))
               for j, name in enumerate(names)}
     found = sorted(d for d in delays.values() if d is not None)
     print(json.dumps({
-        "source": str(args.home) if args.home else "synthetic", "reference_requests": len(values),
+        "source": str(args.logs or args.home or "synthetic"), "rows": len(values),
+        "reference_requests": sum(reference.series[0].counts),
         "false_alarm_windows": alarms, "windows": windows, "false_alarm_rate": alarms / windows,
         "detection_delay_requests": delays, "detected": f"{len(found)}/{len(names)}",
         "median_delay": float(np.median(found)) if found else None, "worst_delay": max(found) if found else None,
