@@ -12,9 +12,10 @@ Three sources:
   a week of simulated time after the training split, against the reference.
 
 False alarms: windows of 50..500 requests, no drift injected; a window alarms when any series
-drifts. Detection: one feature shifted by 0.5 of its standard deviation, requests added one by
-one; the delay is the number of requests when that feature is first flagged (checked every 10
-requests, up to 2,000).
+drifts. Detection: one feature shifted by 0.5 of its standard deviation (integer-valued series are
+rounded after the shift, so a count stays a count and a shift below 0.5 is no shift at all),
+requests added one by one; the delay is the number of requests when that feature is first flagged
+(checked every 10 requests, up to 2,000; None: never).
 
     python bench/drift_detection.py [--home recsys-work [--logs recsys-work/logs/impressions.jsonl]]
                                     [--windows 600] [--seed 0]
@@ -68,7 +69,9 @@ def false_alarms(reference: DriftReference, draw: Callable[[int], np.ndarray], w
 def detection_delay(reference: DriftReference, draw: Callable[[int], np.ndarray], feature: int,
                     shift: float) -> int | None:
     values = draw(MAX_REQUESTS)
-    values[:, feature] += shift
+    column = values[:, feature]
+    integer = bool(np.all(column == np.round(column)))
+    values[:, feature] = np.round(column + shift) if integer else column + shift  # a count stays a count
     for n in range(MIN_COUNT, MAX_REQUESTS + 1, 10):
         counts = count_values(reference, values[:n].tolist())
         if compare(reference, counts, "w")[feature].drifting:

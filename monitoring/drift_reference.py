@@ -12,7 +12,8 @@ Bins per series (each ranker feature, and ``model_score``):
 - numeric: the reference's deciles as inner edges (duplicates merged), with open outer bins, so a
   served value outside the training range still lands in a bin; bins are right-closed;
 - categorical (a series with at most ``TOP_K`` distinct reference values, e.g. a mostly-zero
-  integer count): one bin per value plus ``other`` for values never seen in training;
+  integer count): one bin per value holding at least ``MIN_CATEGORY_SHARE`` of the reference, and
+  ``other`` for the rest, including values never seen in training;
 - and a ``missing`` bin (NaN) for both.
 """
 
@@ -30,6 +31,10 @@ from training.ranker_features import RANKER_FEATURES
 
 N_QUANTILE_BINS = 10
 TOP_K = 10
+# A category needs this share of the reference; rarer values count as "other", so that no bin the
+# test relies on has a handful of reference values (a chi-square cell with a tiny expected count
+# turns one served value into a false alarm).
+MIN_CATEGORY_SHARE = 0.05
 SCORE = "model_score"
 MISSING = "missing"
 OTHER = "other"
@@ -90,9 +95,10 @@ def bins_for(name: str, values: np.ndarray) -> SeriesBins:
     """Bins for one series from its reference values (NaN = missing)."""
     values = np.asarray(values, dtype=np.float64)
     present = values[~np.isnan(values)]
-    distinct = np.unique(present)
+    distinct, counts = np.unique(present, return_counts=True)
     if len(distinct) <= TOP_K:
-        bins = SeriesBins(name, "categorical", distinct.tolist(), [0] * (len(distinct) + 2))
+        common = distinct[counts >= MIN_CATEGORY_SHARE * len(present)]
+        bins = SeriesBins(name, "categorical", common.tolist(), [0] * (len(common) + 2))
     else:
         quantiles = np.quantile(present, np.linspace(0, 1, N_QUANTILE_BINS + 1)[1:-1], method="lower")
         edges = np.unique(quantiles)
