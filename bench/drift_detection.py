@@ -3,13 +3,13 @@
 Three sources:
 
 - ``synthetic`` (default): 16 features shaped like the ranker's (continuous, skewed, integer
-  counts, mostly-zero counts) plus a score, 775 reference requests (the small world's evaluation);
+  counts, mostly-zero counts) plus a score, 775 reference requests;
   windows are fresh draws from the same distributions;
 - ``--home DIR``: the real reference rows of a trained work directory (``recsys demo --no-serve``),
-  recomputed from its bundle's evaluation; windows are resampled from them;
+  recomputed as training does; windows are resampled from them;
 - ``--home DIR --logs FILE``: the bundle's frozen reference, and windows resampled from the ranker
-  samples the API logged while serving (e.g. ``recsys simulate`` traffic): the served distribution,
-  a week of simulated time after the training split, against the reference.
+  samples the API logged while serving (e.g. ``recsys simulate`` traffic): the served distribution
+  against the reference.
 
 False alarms: windows of 50..500 requests, no drift injected; a window alarms when any series
 drifts. Detection: one feature shifted by 0.5 of its standard deviation (integer-valued series are
@@ -80,23 +80,22 @@ def detection_delay(reference: DriftReference, draw: Callable[[int], np.ndarray]
 
 
 def real_reference_rows(home: Path) -> tuple[np.ndarray, list[str]]:
-    """The reference rows (one sampled candidate per evaluation request) of the home's newest bundle."""
+    """The reference rows (one sampled candidate per request, as of serving start) of the home's newest bundle."""
     from feature_repo.store import open_store
     from monitoring.drift_reference import SCORE, sampled_rows
     from services.settings import Settings
     from serving.model import load_model
     from training.bundle import latest_bundle
     from training.dataset import Dataset
-    from training.evaluate import evaluate
+    from training.pipeline import TrainConfig, serving_sample
 
     settings = Settings(home=home)
     model = load_model(latest_bundle(settings.bundles_dir))
     store = open_store(settings.profile, settings.features_dir, settings.project, settings.redis_url)
-    evaluation = evaluate(Dataset.load(settings.data_dir), model.retrieval, store,
-                          model.manifest.training_cutoff_ts, model.ranker.score, settings.n_candidates)
-    scores = model.ranker.score(evaluation.features)
-    rows = sampled_rows(evaluation.group_sizes)
-    values = np.column_stack([evaluation.features[rows].astype(np.float64), scores[rows]])
+    features, scores, sizes = serving_sample(Dataset.load(settings.data_dir), model.retrieval, store,
+                                             model.ranker.score, TrainConfig().n_candidates)
+    rows = sampled_rows(sizes)
+    values = np.column_stack([features[rows].astype(np.float64), scores[rows]])
     return values, [*model.manifest.ranker_features, SCORE]
 
 

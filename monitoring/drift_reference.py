@@ -5,7 +5,9 @@ picked uniformly at random (``Recommendation.drift_sample``; the impression log 
 row, so ``recsys drift`` counts the same thing offline). One row per request, not all ~300
 candidates, keeps the counted values close to independent, which the chi-square test of
 ``monitoring/drift.py`` assumes (a request's candidates share its user's features). The reference
-is one candidate per request of the training run's held-out evaluation, drawn with a fixed seed.
+is one candidate (fixed seed) per request of every user the model knows, ranked as of the instant
+serving starts (``training.pipeline.serving_sample``): the same population, features and clock as
+the traffic right after deployment, so a stationary world does not look drifted.
 
 Bins per series (each ranker feature, and ``model_score``):
 
@@ -117,7 +119,7 @@ def sampled_rows(group_sizes: np.ndarray, seed: int = 0) -> np.ndarray:
 
 def build_reference(feature_names: list[str], features: np.ndarray, scores: np.ndarray,
                     group_sizes: np.ndarray) -> DriftReference:
-    """Reference bins from the held-out evaluation's ranker inputs and scores (one sampled row per request)."""
+    """Reference bins from ranker inputs and scores of a set of requests (one sampled row per request)."""
     rows = sampled_rows(group_sizes)
     if len(rows) == 0:
         raise ValueError("drift reference: the evaluation has no requests")
