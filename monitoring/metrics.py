@@ -71,8 +71,8 @@ class ApiMetrics:
             multiprocess_mode="max",
         )
         self.drift_observations = Counter(
-            "recsys_drift_observations", "Served values (the position-1 item's ranker inputs and score) per "
-            "reference bin.", ["feature", "bin"], registry=self.registry,
+            "recsys_drift_observations", "Served values (one sampled candidate's ranker inputs and score per "
+            "request) by reference bin.", ["feature", "bin"], registry=self.registry,
         )
         self.drift_reference = Gauge(
             "recsys_drift_reference_observations", "The bundle's drift reference: training-time count per bin.",
