@@ -11,16 +11,20 @@ import json
 import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 
 from feature_repo.store import MATERIALIZED_MARKER, open_store
+from monitoring.drift import DriftCounts
+from monitoring.drift_reference import DriftReference
 from monitoring.metrics import ApiMetrics
+from services import dashboard
 from services.settings import Settings
 from serving.event_log import FEEDBACK_FILE, IMPRESSIONS_FILE, FeedbackRecord, LogWriter
 from serving.experiments import CURRENT, load_experiment
@@ -30,7 +34,7 @@ from serving.online_features import OnlineFeatures
 from serving.realtime_features import InteractionEvent, RealtimeUpdater
 from serving.recommender import Recommendation, Recommender, StageBudgets
 from serving.store_guard import StoreGuard
-from training.bundle import BundleError, latest_bundle
+from training.bundle import DRIFT_REFERENCE, BundleError, latest_bundle
 from training.features import next_snapshot
 
 Id = Annotated[str | int, Field(description="User or item id; integers are treated as their decimal string.")]
@@ -96,6 +100,32 @@ def data_clock(model: ServingModel, marker: Path) -> Callable[[], float]:
     return lambda: anchor + (time.time() - started)
 
 
+@dataclass(frozen=True)
+class DriftTracking:
+    """One bundle's drift reference with this process's windows and the Prometheus counters per bin,
+    swapped together on reload so a request never counts into another bundle's bins."""
+
+    version: str
+    counts: DriftCounts
+    counters: list[list]
+
+    def count(self, result: Recommendation) -> None:
+        sample = result.drift_sample()
+        if sample is None or result.model_version != self.version:
+            return
+        row, score = sample
+        bins = self.counts.bins_of([*row.tolist(), score])
+        self.counts.add(bins)
+        for series, b in zip(self.counters, bins, strict=True):
+            series[b].inc()
+
+
+def read_drift_reference(model: ServingModel) -> DriftReference | None:
+    """The bundle's drift reference; None for a bundle trained without one (no drift monitoring)."""
+    path = model.path / DRIFT_REFERENCE
+    return DriftReference.load(path) if DRIFT_REFERENCE in model.manifest.files else None
+
+
 class Runtime:
     """Everything a request needs, built once per process."""
 
@@ -105,7 +135,7 @@ class Runtime:
         store = open_store(settings.profile, settings.features_dir, settings.project, settings.redis_url,
                            redis_timeout_s=STORE_SOCKET_TIMEOUT_S)
         model = load_model(settings.bundle or latest_bundle(settings.bundles_dir))
-        marker = settings.features_dir / MATERIALIZED_MARKER
+        marker = self.marker = settings.features_dir / MATERIALIZED_MARKER
         guard = StoreGuard(settings.store_timeout_ms / 1000, settings.store_retry_after_s)
         self.features = OnlineFeatures(store, marker=marker, pinned_items=set(model.popular_items), guard=guard)
         self.features.warm_up(model.retrieval.item_ids)
@@ -141,6 +171,24 @@ class Runtime:
                 log_candidates=settings.log_candidates, arm=arm.name, budgets=budgets)
         self.previous_model: ServingModel | None = None
         self.metrics.set_model(model.version)
+        self.drift: DriftTracking | None = None
+        self._track_drift(model)
+
+    def _track_drift(self, model: ServingModel) -> None:
+        reference = read_drift_reference(model)
+        previous = self.drift.counts.reference if self.drift else None
+        if reference is None:
+            self.drift = None
+            return
+        counters = self.metrics.set_drift_reference(reference, previous)
+        self.drift = DriftTracking(model.version, DriftCounts(reference, self.clock), counters)
+
+    def materialized_at(self) -> float | None:
+        """Wall-clock time of the online store's last materialization (its marker), if any."""
+        try:
+            return float(json.loads(self.marker.read_text())["at"])
+        except (FileNotFoundError, KeyError, ValueError, TypeError):
+            return None
 
     def recommender_for(self, user_id: str) -> Recommender:
         """The user's arm's recommender in an experiment, else the one recommender."""
@@ -166,6 +214,7 @@ class Runtime:
             if arm.bundle == CURRENT:
                 self.arms[arm.name].model = model
         self.metrics.set_model(model.version, self.previous_model.version)
+        self._track_drift(model)
         return self.previous_model.version, model.version
 
     def close(self) -> None:
@@ -224,6 +273,7 @@ def create_app(settings: Settings | None = None,
         runtime: Runtime = request.app.state.runtime
         runtime.metrics.request_duration.labels(endpoint=endpoint).observe(time.perf_counter() - started)
         runtime.metrics.requests.labels(endpoint=endpoint, status=str(response.status_code)).inc()
+        runtime.metrics.sync_counts()
         return response
 
     def serve(runtime: Runtime, user_id: str, k: int, context: dict) -> RecommendResponse:
@@ -235,6 +285,12 @@ def create_app(settings: Settings | None = None,
             runtime.metrics.degraded.inc()
         for item in result.items:
             runtime.metrics.recommended_items.labels(source=item.source).inc()
+        explored = sum(1 for item in result.items if item.propensity < 1.0)
+        if explored:
+            runtime.metrics.explored_items.inc(explored)
+        drift = runtime.drift
+        if drift is not None:
+            drift.count(result)
         return to_response(result)
 
     @app.get("/recommend", response_model=RecommendResponse)
@@ -257,6 +313,8 @@ def create_app(settings: Settings | None = None,
         )
         if not runtime.feedback.write(record):
             raise HTTPException(status_code=503, detail="feedback log is full; retry later")
+        # events are free text: only clicks get their own series (bounded label values)
+        runtime.metrics.feedback_events.labels(event="click" if record.event == "click" else "other").inc()
         if record.value > 0:  # a positive interaction: visible to the user's next request within seconds
             runtime.realtime.submit(InteractionEvent(record.user_id, record.item_id, int(record.ts)))
         # bandit policies (of the user's arm) learn from clicks
@@ -280,7 +338,12 @@ def create_app(settings: Settings | None = None,
 
     @app.get("/metrics")
     def metrics(runtime: Runtime = Depends(get_runtime)) -> Response:
-        return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        at = runtime.materialized_at()
+        if at is not None:
+            runtime.metrics.features_materialized.set(at)
+        return Response(runtime.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    dashboard.add_routes(app, get_runtime)
 
     @app.post("/admin/reload")
     def reload(body: ReloadRequest, authorization: Annotated[str | None, Header()] = None,

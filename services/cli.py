@@ -10,7 +10,9 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -227,6 +229,7 @@ def features_historical(
 
 
 def train(settings: Settings, data_dir: Path, out: Path | None = None):
+    from monitoring.drift_reference import write_reference
     from training.pipeline import TrainConfig, train_bundle
 
     dataset, store = build_features(settings, data_dir)
@@ -238,6 +241,7 @@ def train(settings: Settings, data_dir: Path, out: Path | None = None):
             on_step=lambda step: bar.update(task, description=step),
             on_epoch=lambda done, total, loss: bar.update(epochs, completed=done,
                                                           description=f"two-tower epochs (loss {loss:.3f})"),
+            extra_artifacts=write_reference,
         )
     console.print(result.evaluation.table())
     parity = result.parity
@@ -324,6 +328,37 @@ def skew_command(
     if prometheus_out:
         write_prometheus(report, prometheus_out)
     if report.flagged:
+        raise typer.Exit(3)
+
+
+@app.command("drift")
+@handle_errors
+def drift_command(
+    logs: Annotated[Path | None, typer.Option(help="Impression log or logs directory (default: the work "
+                                                   "directory's logs).")] = None,
+    feedback: Annotated[Path | None, typer.Option(help="Feedback log (default: feedback.jsonl beside it).")] = None,
+    bundle: Annotated[Path | None, typer.Option(help="Bundle whose reference to compare with (default: the "
+                                                     "newest).")] = None,
+    window_s: Annotated[float, typer.Option("--window-s", min=1, help="The window: the log's last seconds.")] = 3600.0,
+    tolerance: Annotated[float, typer.Option(min=0.0, max=1.0, help="CTR drop (relative) that counts.")] = 0.05,
+    min_items: Annotated[int, typer.Option("--min-items", min=1, help="Shown items needed on each side of the "
+                                                                       "CTR comparison.")] = 500,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    home: Home = None,
+) -> None:
+    """Drift of the log's last window against the bundle's reference, and a retrain decision. Exit 3: retrain."""
+    from monitoring.drift_reference import DriftReference
+    from monitoring.drift_report import drift_decision
+    from training.bundle import DRIFT_REFERENCE, latest_bundle
+
+    settings = settings_for(home)
+    path = (bundle or latest_bundle(settings.bundles_dir)) / DRIFT_REFERENCE
+    if not path.exists():
+        raise CliError(f"{path.parent}: the bundle has no drift reference (trained before drift monitoring); retrain")
+    decision = drift_decision(logs or settings.logs_dir, feedback, DriftReference.load(path), window_s, tolerance,
+                              min_items)
+    print(json.dumps(decision.to_dict(), indent=2) if as_json else decision.table())
+    if decision.retrain:
         raise typer.Exit(3)
 
 
@@ -502,6 +537,17 @@ def ab_report_command(
 
 
 def run_server(settings: Settings) -> None:
+    # Metrics in multiprocess mode (monitoring/metrics.py), in a folder of this server's own: set
+    # before prometheus_client is first imported, inherited by the worker processes.
+    metrics_dir = tempfile.mkdtemp(prefix="recsys-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        _run_server(settings)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _run_server(settings: Settings) -> None:
     import uvicorn
 
     from services.serving_process import create_app  # first: keeps torch out of this process

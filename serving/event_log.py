@@ -10,13 +10,16 @@ Impression record (one per /recommend response)::
 
     request_id, ts, user_id, model_version, policy {name, params}, arm,
     slate [{item_id, position, score, propensity, source}], features {user, items}, timings_ms, k,
-    context, candidates {item_ids, scores}, slate_propensity, policy_state, degraded
+    context, candidates {item_ids, scores}, slate_propensity, policy_state, degraded, ranker_sample
 
 ``propensity`` is P(this item at this position | request) under the policy; ``slate_propensity``
 the probability of the whole slate where the policy defines it; ``policy_state`` the per-request
 values needed to replay it (e.g. the decayed epsilon). ``candidates`` are the top-M ranked
 candidates with their ranker scores, best first: enough to recompute any policy's propensities
-and a reward model's predictions offline.
+and a reward model's predictions offline. ``ranker_sample`` is one candidate's ranker inputs and
+score, ``{"features": {name: value}, "score"}``, picked by the request id (null when ranking fell
+back): what drift monitoring counts per request, so ``recsys drift`` recounts the logs as the API
+counted live.
 
 Feedback record (one per /feedback call)::
 
@@ -75,6 +78,7 @@ class ImpressionRecord:
     slate_propensity: float | None = None
     policy_state: dict = field(default_factory=dict)  # per-request values of the policy, e.g. its epsilon
     degraded: bool = False  # a stage fell back (serving/recommender.py): scores may be retrieval scores
+    ranker_sample: dict | None = None  # one candidate's ranker inputs and score, for drift monitoring
 
 
 @dataclass

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import time
 import uuid
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -36,7 +37,7 @@ from serving.exploration import Candidates, GreedyPolicy, Policy, Slate
 from serving.item_cache import ItemColumns
 from serving.model import ServingModel
 from serving.online_features import OnlineFeatures, UserFeatures
-from training.ranker_features import ranker_matrix
+from training.ranker_features import RANKER_FEATURES, ranker_matrix
 from training.retrieval import pair_scores, search_excluding
 
 SOURCE_ANN = "ann"
@@ -61,6 +62,20 @@ class Recommendation:
     items: list[RecommendedItem]
     degraded: bool
     timings_ms: dict[str, float] = field(default_factory=dict)
+    # What the ranker saw and said, for drift monitoring: its input matrix and its scores over the
+    # candidates (None when ranking fell back).
+    ranker_inputs: np.ndarray | None = None
+    ranker_scores: np.ndarray | None = None
+
+    def drift_sample(self) -> tuple[np.ndarray, float] | None:
+        """One candidate's ranker inputs and score, picked uniformly by the request id: what drift
+        monitoring counts per request. One row, not all candidates, keeps the counted values nearly
+        independent across requests (the candidates of one request share the user's features); a
+        random row, not the top one, keeps item features from being a handful of trending items."""
+        if self.ranker_inputs is None or self.ranker_scores is None or len(self.ranker_scores) == 0:
+            return None
+        row = zlib.crc32(self.request_id.encode()) % len(self.ranker_scores)
+        return self.ranker_inputs[row], float(self.ranker_scores[row])
 
 
 @dataclass(frozen=True)
@@ -124,11 +139,11 @@ class Recommender:
         degraded |= items_failed
         timer.lap("features")
 
-        scores = retrieval_scores
+        scores, ranker_inputs = retrieval_scores, None
         if candidate_ids:
             try:
-                scores = self.stages.run(self._score, self.budgets.ranking_s, model, user, items, now,
-                                         retrieval_scores)
+                ranker_inputs, scores = self.stages.run(self._score, self.budgets.ranking_s, model, user, items, now,
+                                                        retrieval_scores)
             except StageOverrun:
                 degraded = True
         timer.lap("ranking")
@@ -148,6 +163,8 @@ class Recommender:
             policy={"name": self.policy.name, "params": self.policy.params},
             items=chosen,
             degraded=degraded,
+            ranker_inputs=ranker_inputs,
+            ranker_scores=scores if ranker_inputs is not None else None,
         )
         result.timings_ms = timer.timings_ms
         self.impressions.write(self._impression(result, now, user, items, candidate_ids, k, context or {},
@@ -167,9 +184,10 @@ class Recommender:
 
     @staticmethod
     def _score(model: ServingModel, user: UserFeatures, items: ItemColumns, now: float,
-               retrieval_scores: np.ndarray) -> np.ndarray:
+               retrieval_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         users = _repeated(user.values, len(retrieval_scores))
-        return model.ranker.score(ranker_matrix(users, items, now, retrieval_scores))
+        inputs = ranker_matrix(users, items, now, retrieval_scores)
+        return inputs, model.ranker.score(inputs)
 
     def close(self) -> None:
         self.stages.close()
@@ -194,6 +212,7 @@ class Recommender:
             it.item_id: _jsonable({name: values[position_of[it.item_id]] for name, values in items.items()})
             for it in result.items if it.item_id in position_of
         }
+        sample = result.drift_sample()
         return ImpressionRecord(
             request_id=result.request_id,
             ts=now,
@@ -210,6 +229,8 @@ class Recommender:
             slate_propensity=slate.slate_propensity,
             policy_state=slate.state,
             degraded=result.degraded,
+            ranker_sample=None if sample is None else {
+                "features": dict(zip(RANKER_FEATURES, sample[0].tolist(), strict=True)), "score": sample[1]},
         )
 
 

@@ -12,7 +12,9 @@ Layout of ``bundles/<version>/``:
 - ``retrieval.faiss``: the ANN index over the item vectors (ids = row numbers);
 - ``ranker.onnx``: the LightGBM ranker in ONNX form (what serving runs);
 - ``ranker.lgb.txt``: the native LightGBM model (parity checks, the naive path);
-- ``popular_items.json``: the popularity fallback, most popular first.
+- ``popular_items.json``: the popularity fallback, most popular first;
+- ``drift_reference.json`` (optional): reference bins and counts for drift monitoring, written by
+  the caller's ``extra_artifacts`` hook (``monitoring/drift_reference.py``); checksummed like the rest.
 
 A bundle is written into a hidden staging directory and renamed into place, so a reader never
 sees half a bundle; :func:`verify_bundle` rejects one whose files do not match the manifest.
@@ -38,6 +40,7 @@ RETRIEVAL_INDEX = "retrieval.faiss"
 RANKER_ONNX = "ranker.onnx"
 RANKER_NATIVE = "ranker.lgb.txt"
 POPULAR_ITEMS = "popular_items.json"
+DRIFT_REFERENCE = "drift_reference.json"
 REQUIRED_FILES = (ITEM_IDS, ITEM_VECTORS, USER_IDS, USER_VECTORS, RETRIEVAL_INDEX, RANKER_ONNX, POPULAR_ITEMS)
 
 

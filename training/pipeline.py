@@ -26,14 +26,17 @@ from feast import FeatureStore
 from training import bundle
 from training.dataset import Dataset
 from training.evaluate import EvaluationReport, evaluate
-from training.features import DAY, category_vocabulary
+from training.features import DAY, category_vocabulary, next_snapshot, seen_items, unavailable_items
 from training.offline_features import features_as_of
 from training.ranker import RankerConfig, build_examples, train_ranker
 from training.ranker_features import RANKER_FEATURES
 from training.ranker_onnx import OnnxRanker, ParityError, ParityReport, check_parity, export_onnx
 from training.retrieval_index import build_index
-from training.two_stage import RetrievalModel, recent_popularity
+from training.two_stage import RetrievalModel, candidate_features, recent_popularity, retrieve
 from training.two_tower import TowerInputs, TwoTowerConfig, train_two_tower
+
+# Users whose requests make the drift reference (all of them in the small world).
+REFERENCE_USERS = 2000
 
 
 @dataclass(frozen=True)
@@ -92,14 +95,33 @@ def fingerprint_code() -> str:
     return digest.hexdigest()
 
 
+def serving_sample(dataset: Dataset, model: RetrievalModel, store: FeatureStore,
+                   score: Callable[[np.ndarray], np.ndarray], n_candidates: int, n_users: int = REFERENCE_USERS,
+                   seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ranker inputs, scores, candidates per request) for users the model knows, drawn uniformly,
+    as of the instant serving starts (the snapshot after the data, where the online store is
+    materialized): what the API will rank right after deployment, with its features and clock."""
+    ts = next_snapshot(dataset.end_ts)
+    rng = np.random.default_rng(seed)
+    users = sorted(rng.choice(model.user_ids, size=min(n_users, len(model.user_ids)), replace=False).tolist())
+    candidates = retrieve(model, users, seen_items(dataset.interactions), n_candidates, unavailable_items(dataset, ts))
+    features = candidate_features(model, store, candidates, ts)
+    return features, score(features), candidates.sizes
+
+
 def train_bundle(
     dataset: Dataset, store: FeatureStore, bundles_dir: Path, config: TrainConfig,
     on_step: Callable[[str], None] = lambda _: None,
     on_epoch: Callable[[int, int, float], None] | None = None,
     train_towers: Callable[..., tuple[np.ndarray, np.ndarray, list[float]]] = train_two_tower,
+    extra_artifacts: Callable[[Path, np.ndarray, np.ndarray, np.ndarray], None] | None = None,
 ) -> TrainResult:
     """Train, evaluate and publish a bundle. ``train_towers`` (same signature as ``train_two_tower``)
-    is where the distributed trainer (``gpu/train.py``) plugs in; everything else is shared."""
+    is where the distributed trainer (``gpu/train.py``) plugs in; everything else is shared.
+
+    ``extra_artifacts(staging, features, scores, group_sizes)`` may add files to the bundle from what
+    the ranker will see when serving starts (:func:`serving_sample`): the CLI writes the drift
+    reference this way, so training does not depend on monitoring."""
     t0, split = split_times(dataset, config)
     item_ids = dataset.items["item_id"].astype(str).tolist()
     history = dataset.interactions[dataset.interactions["ts"] < t0]
@@ -137,6 +159,9 @@ def train_bundle(
         raise ParityError(f"ONNX ranker disagrees with LightGBM: {parity.to_dict()}")
 
     on_step("writing the bundle")
+    if extra_artifacts is not None:
+        on_step("ranker inputs as of serving start (drift reference)")
+        extra_artifacts(staging, *serving_sample(dataset, model, store, onnx_ranker.score, config.n_candidates))
     np.save(staging / bundle.ITEM_VECTORS, item_vectors[1:])
     np.save(staging / bundle.USER_VECTORS, user_vectors[1:])
     bundle.write_json(staging / bundle.ITEM_IDS, item_ids)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# System packages the tests need that pip cannot install: docker-compose (validates docker-compose.yml)
-# and prometheus (promtool checks the config and rules; the local stack test runs the server).
+# System packages the tests need that pip cannot install: docker-compose (validates docker-compose.yml),
+# prometheus (promtool checks the config and rules; the local stack and drift tests run the server) and
+# chromium (the /dashboard page is loaded in headless Chromium).
 # Idempotent and quiet: installs only what is missing. Without root (and no sudo), or without a
 # Debian/Ubuntu apt, it says what is missing and exits 0: the tests that need a tool skip with a reason.
 set -uo pipefail
@@ -8,6 +9,7 @@ set -uo pipefail
 missing=()
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 { command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; } || missing+=(prometheus)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -eq 0 ]; then
