@@ -221,6 +221,7 @@ class Runtime:
         for recommender in (self.recommender, *self.arms.values()):
             recommender.close()
         self.features.guard.close()
+        self.features.item_cache.close()
         self.impressions.close()
         self.feedback.close()
         self.realtime.close()

@@ -188,25 +188,42 @@ def test_online_item_reads_match_the_store_and_are_cached(world, materialized_st
     assert json.loads((materialized_store.repo_path / MATERIALIZED_MARKER).read_text())["end_ts"] > 0
 
 
-def test_loading_the_catalog_spreads_expiry_and_a_store_failure_serves_expired_rows():
+def test_a_loaded_catalog_is_served_from_memory_and_refreshed_ahead_a_few_at_a_time():
     now = [1000.0]
     fetch = CountingFetch()
-    cache = ItemFeatureCache(fetch, ["a", "b"], ttl_s=100, clock=lambda: now[0])
+    cache = ItemFeatureCache(fetch, ["a", "b"], ttl_s=100, clock=lambda: now[0], refresh_every_s=3600)
     catalog = [f"i{n}" for n in range(1000)]
     assert cache.load(catalog, fetch, chunk=400) == 1000
     assert [len(c) for c in fetch.calls] == [400, 400, 200]
     rows, failed = cache.get(catalog)
     assert not failed and len(fetch.calls) == 3  # every request item already loaded
     now[0] += 50  # half a TTL later about half the entries are due, not all of them at once
-    cache.get(catalog)
-    assert 400 < len(fetch.calls[-1]) < 600
+    rows, failed = cache.get(catalog)
+    assert not failed and len(fetch.calls) == 3 and not np.isnan(rows["a"]).any()  # served, not re-read inline
+    assert 400 < cache.refresh_due() < 600 and len(fetch.calls) == 4
+    assert cache.refresh_due() == 0  # nothing due twice
 
     def failing(ids):
         raise StoreUnavailable("down")
 
-    cache.fetch = failing
-    now[0] += 60  # the rest are due now, and the store is down: they are served as they were
+    cache._load_fetch = cache.fetch = failing
+    now[0] += 60  # the rest are due now, and the store is down: served as they were, and still due
     stale, failed = cache.get(catalog)
-    assert failed and not np.isnan(stale["a"]).any()
+    assert not failed and not np.isnan(stale["a"]).any()
+    assert cache.refresh_due() == 0
     fresh, failed = cache.get(["never-read"])
     assert failed and np.isnan(fresh["a"]).all()
+    cache._load_fetch = cache.fetch = fetch
+    assert cache.refresh_due() > 400
+    cache.close()
+
+
+def test_without_a_loaded_catalog_a_store_failure_serves_expired_rows():
+    now = [0.0]
+    fetch = CountingFetch()
+    cache = ItemFeatureCache(fetch, ["a", "b"], ttl_s=10, clock=lambda: now[0])
+    cache.get(["x"])
+    cache.fetch = lambda ids: (_ for _ in ()).throw(StoreUnavailable("down"))
+    now[0] = 11.0
+    rows, failed = cache.get(["x", "y"])
+    assert failed and rows["a"][0] == 1.0 and np.isnan(rows["a"][1])
