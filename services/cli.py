@@ -564,8 +564,11 @@ def _run_server(settings: Settings) -> None:
     # Worker processes build their app from the environment: hand them this command's settings.
     for name, value in settings.model_dump(exclude_defaults=True).items():
         os.environ[f"RECSYS_{name.upper()}"] = json.dumps(value) if isinstance(value, dict) else str(value)
+    # uvicorn kills a worker that misses a 5 s health check, and a saturated worker (or one still
+    # loading 100k items' features) can miss it: a minute tells a hung worker from a busy one.
     uvicorn.run("services.serving_process:app_from_environment", factory=True, workers=settings.workers,
-                host=settings.host, port=settings.port, log_level="warning", access_log=False)
+                host=settings.host, port=settings.port, log_level="warning", access_log=False,
+                timeout_worker_healthcheck=60)
 
 
 @app.command("serve")
