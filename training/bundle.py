@@ -12,7 +12,8 @@ Layout of ``bundles/<version>/``:
 - ``retrieval.faiss``: the ANN index over the item vectors (ids = row numbers);
 - ``ranker.onnx``: the LightGBM ranker in ONNX form (what serving runs);
 - ``ranker.lgb.txt``: the native LightGBM model (parity checks, the naive path);
-- ``popular_items.json``: the popularity fallback, most popular first.
+- ``popular_items.json``: the recent-popularity source and fallback, most popular first, with counts;
+- ``covisitation.npz``: the co-visitation neighbour lists of the ``covis`` candidate source.
 
 A bundle is written into a hidden staging directory and renamed into place, so a reader never
 sees half a bundle; :func:`verify_bundle` rejects one whose files do not match the manifest.
@@ -28,7 +29,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: candidate sources (covisitation.npz, Manifest.candidates)
 MANIFEST = "manifest.json"
 ITEM_IDS = "item_ids.json"
 ITEM_VECTORS = "item_vectors.npy"
@@ -38,7 +39,9 @@ RETRIEVAL_INDEX = "retrieval.faiss"
 RANKER_ONNX = "ranker.onnx"
 RANKER_NATIVE = "ranker.lgb.txt"
 POPULAR_ITEMS = "popular_items.json"
-REQUIRED_FILES = (ITEM_IDS, ITEM_VECTORS, USER_IDS, USER_VECTORS, RETRIEVAL_INDEX, RANKER_ONNX, POPULAR_ITEMS)
+COVISITATION = "covisitation.npz"
+REQUIRED_FILES = (ITEM_IDS, ITEM_VECTORS, USER_IDS, USER_VECTORS, RETRIEVAL_INDEX, RANKER_ONNX, POPULAR_ITEMS,
+                  COVISITATION)
 
 
 class BundleError(RuntimeError):
@@ -56,6 +59,8 @@ class Manifest:
     ranker_features: list[str]
     categories: list[str]
     index: dict
+    # Candidate source settings (training/candidates.py CandidateSettings).
+    candidates: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     fingerprints: dict = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)

@@ -24,15 +24,16 @@ import pandas as pd
 from feast import FeatureStore
 
 from training import bundle
+from training.candidates import CandidateSettings, CandidatesModel, build_candidates_model
 from training.dataset import Dataset
 from training.evaluate import EvaluationReport, evaluate
-from training.features import DAY, category_vocabulary
+from training.features import DAY, category_vocabulary, next_snapshot
 from training.offline_features import features_as_of
 from training.ranker import RankerConfig, build_examples, train_ranker
 from training.ranker_features import RANKER_FEATURES
 from training.ranker_onnx import OnnxRanker, ParityError, ParityReport, check_parity, export_onnx
 from training.retrieval_index import build_index
-from training.two_stage import RetrievalModel, recent_popularity
+from training.two_stage import RetrievalModel
 from training.two_tower import TowerInputs, TwoTowerConfig, train_two_tower
 
 
@@ -40,7 +41,7 @@ from training.two_tower import TowerInputs, TwoTowerConfig, train_two_tower
 class TrainConfig:
     eval_fraction: float = 0.1
     ranker_fraction: float = 0.1
-    n_candidates: int = 300
+    candidates: CandidateSettings = field(default_factory=CandidateSettings)
     two_tower: TwoTowerConfig = field(default_factory=TwoTowerConfig)
     ranker: RankerConfig = field(default_factory=RankerConfig)
 
@@ -92,6 +93,14 @@ def fingerprint_code() -> str:
     return digest.hexdigest()
 
 
+def write_candidate_sources(staging: Path, model: CandidatesModel) -> None:
+    """The co-visitation lists and the recent-popularity list (with counts) into a bundle."""
+    model.covisitation.save(staging / bundle.COVISITATION)
+    item_ids = model.retrieval.item_ids
+    bundle.write_json(staging / bundle.POPULAR_ITEMS, [{"item_id": item_ids[r], "score": float(c)} for r, c in
+                                                       zip(model.popular_rows, model.popular_counts, strict=True)])
+
+
 def train_bundle(
     dataset: Dataset, store: FeatureStore, bundles_dir: Path, config: TrainConfig,
     on_step: Callable[[str], None] = lambda _: None,
@@ -119,7 +128,9 @@ def train_bundle(
     model = RetrievalModel(item_ids, item_vectors[1:], user_ids, user_vectors[1:], index)
 
     on_step("ranker training set (point-in-time features)")
-    examples = build_examples(model, store, dataset, t0, split, config.n_candidates)
+    interactions = dataset.interactions
+    examples = build_examples(build_candidates_model(model, interactions, t0, config.candidates), store, dataset,
+                              t0, split)
     on_step("LightGBM lambdarank")
     booster = train_ranker(examples, RANKER_FEATURES, config.ranker)
 
@@ -130,7 +141,8 @@ def train_bundle(
     onnx_ranker = OnnxRanker(staging / bundle.RANKER_ONNX)
 
     on_step("evaluation on the temporal split")
-    evaluation = evaluate(dataset, model, store, split, onnx_ranker.score, config.n_candidates)
+    evaluation = evaluate(dataset, build_candidates_model(model, interactions, split, config.candidates), store,
+                          split, onnx_ranker.score)
     report = evaluation.report
     parity = check_parity(booster, onnx_ranker, evaluation.features, evaluation.group_sizes)
     if not parity.passed:
@@ -142,9 +154,9 @@ def train_bundle(
     bundle.write_json(staging / bundle.ITEM_IDS, item_ids)
     bundle.write_json(staging / bundle.USER_IDS, user_ids)
     faiss.write_index(index, str(staging / bundle.RETRIEVAL_INDEX))
-    popular = recent_popularity(dataset, dataset.end_ts + 1)
-    bundle.write_json(staging / bundle.POPULAR_ITEMS,
-                      [{"item_id": str(i), "score": float(c)} for i, c in popular.items()])
+    # Serving starts where the data ends (next_snapshot): its sources are built as of that instant.
+    write_candidate_sources(staging, build_candidates_model(model, interactions, next_snapshot(dataset.end_ts),
+                                                            config.candidates))
     manifest = bundle.Manifest(
         version=version,
         created_at=time.time(),
@@ -154,6 +166,7 @@ def train_bundle(
         ranker_features=list(RANKER_FEATURES),
         categories=categories,
         index=index_params,
+        candidates=config.candidates.to_dict(),
         metrics={
             "evaluation": asdict(report),
             "onnx_parity": parity.to_dict(),
