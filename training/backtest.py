@@ -124,12 +124,15 @@ def run_fold(dataset: Dataset, store: FeatureStore, cutoff: int, config: Backtes
     def items(ranked: dict) -> dict[str, list[str]]:
         return {u: [ids[r] for r, _ in picks] for u, picks in ranked.items()}
 
-    two_stage = items(rank(candidates, scores, K))
     rankings = {name: baseline(interactions, cutoff, users, seen, K) for name, baseline in BASELINES.items()}
+    # Short lists are filled with recent popularity, as serving and batch recommendation fill them.
+    fill = baselines.recent_popular(interactions, cutoff, users + cold_users, seen, K)
+    two_stage = {u: (picks + [i for i in fill[u] if i not in picks])[:K]
+                 for u, picks in items(rank(candidates, scores, K)).items()}
     rankings[RETRIEVAL] = {u: r for u, r in items(rank(candidates, retrieval_only_scores(candidates), K)).items()
                            if u in truth}
     rankings[TWO_STAGE] = {u: two_stage[u] for u in users}
-    cold_rankings = {"recent popularity": baselines.recent_popular(interactions, cutoff, cold_users, seen, K),
+    cold_rankings = {"recent popularity": {u: fill[u] for u in cold_users},
                      TWO_STAGE: {u: two_stage[u] for u in cold_users}}
     proposed = source_rows(model, requests[: len(users)], unavailable)
     sources = {s: {u: list(ids[p[s]]) for u, p in zip(users, proposed, strict=True)} for s in SOURCES}
