@@ -175,3 +175,12 @@ def test_empty_input_gives_an_empty_matrix() -> None:
     users, items, _ = full_rows()
     m = ranker_matrix(users.iloc[:0], items.iloc[:0], NOW, pairs([]))
     assert m.shape == (0, len(RANKER_FEATURES))
+
+
+def test_a_user_without_a_share_vector_as_serving_passes_it() -> None:
+    """Serving broadcasts a missing user value as a NaN column: no share, not an error."""
+    _, items, scores = full_rows()
+    users = {"u_category_share": np.full(3, np.nan), "u_events_total": np.full(3, np.nan)}
+    m = ranker_matrix(users, items, NOW, scores)
+    np.testing.assert_array_equal(col(m, "ui_category_share"), [0.0, 0.0, 0.0])
+    np.testing.assert_array_equal(col(m, "u_events_total"), [0.0, 0.0, 0.0])

@@ -50,7 +50,7 @@ def test_served_features_equal_the_training_builders_for_the_same_time(copy_of_d
 
     active = dataset.interactions["user_id"].value_counts()
     towers_know = [u for u in active.index if u in model.retrieval.user_row]
-    users = [towers_know[0], towers_know[len(towers_know) // 2], towers_know[-1]]
+    users = [towers_know[0], towers_know[len(towers_know) // 2], towers_know[-1], "never-seen-before"]
     proposed_by = set()
     for user in users:
         served = recommender.recommend(user, 10)

@@ -73,6 +73,8 @@ def _category_share(users: Columns, category_idx: np.ndarray) -> np.ndarray:
         rows = np.flatnonzero((category_idx >= 0) & (category_idx < shares.shape[1]))
         out[rows] = shares[rows, category_idx[rows]]
         return out
+    if isinstance(shares, np.ndarray) and shares.dtype.kind == "f":  # a user without a share vector (NaN)
+        return out
     for row, (share, idx) in enumerate(zip(shares, category_idx, strict=True)):
         if share is not None and 0 <= idx < len(share):
             out[row] = share[int(idx)]
