@@ -29,8 +29,10 @@ app = typer.Typer(help="A two-stage recommender: simulate or import data, build 
                   no_args_is_help=True, pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Create the dataset in the work directory.", no_args_is_help=True)
 features_app = typer.Typer(help="Feast feature store operations.", no_args_is_help=True)
+benchmark_app = typer.Typer(help="Reproducible quality benchmarks on public data.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(features_app, name="features")
+app.add_typer(benchmark_app, name="benchmark")
 
 console = Console(stderr=True, soft_wrap=True)
 Home = Annotated[Path | None, typer.Option("--home", help="Work directory (default: $RECSYS_HOME or ./recsys-work).")]
@@ -272,13 +274,15 @@ def evaluate_command(
     """Recompute the bundle's offline metrics on its temporal split, from the work directory's data."""
     from serving.model import load_model
     from training.bundle import latest_bundle
+    from training.candidates import build_candidates_model
     from training.dataset import Dataset
     from training.evaluate import evaluate
 
     settings = settings_for(home)
     model = load_model(bundle or latest_bundle(settings.bundles_dir))
-    evaluation = evaluate(Dataset.load(settings.data_dir), model.retrieval, open_feature_store(settings),
-                          model.manifest.training_cutoff_ts, model.ranker.score, settings.n_candidates)
+    dataset, split = Dataset.load(settings.data_dir), model.manifest.training_cutoff_ts
+    sources = build_candidates_model(model.retrieval, dataset.interactions, split, model.candidates.settings)
+    evaluation = evaluate(dataset, sources, open_feature_store(settings), split, model.ranker.score)
     print(evaluation.report.table())
 
 
@@ -296,6 +300,7 @@ def recommend_batch_command(
     from serving.model import load_model
     from training.batch import recommend_batch
     from training.bundle import latest_bundle
+    from training.candidates import build_candidates_model
     from training.dataset import Dataset
 
     settings = settings_for(home)
@@ -303,11 +308,47 @@ def recommend_batch_command(
     if not user_ids:
         raise CliError(f"{users}: no user ids")
     model = load_model(bundle or latest_bundle(settings.bundles_dir))
-    recs = recommend_batch(Dataset.load(settings.data_dir), model.retrieval, model.ranker.score,
-                           open_feature_store(settings), model.manifest.training_cutoff_ts, user_ids,
-                           parse_time(as_of), k, settings.n_candidates)
+    dataset, when = Dataset.load(settings.data_dir), parse_time(as_of)
+    # Co-visitation and popularity as of --as-of (the bundle's own are as of the end of its data).
+    sources = build_candidates_model(model.retrieval, dataset.interactions, when, model.candidates.settings)
+    recs = recommend_batch(dataset, sources, model.ranker.score, open_feature_store(settings),
+                           model.manifest.training_cutoff_ts, user_ids, when, k)
     recs.to_csv(out, index=False)
     console.print(f"{len(recs):,} recommendations for {len(user_ids):,} users → {out}")
+
+
+@benchmark_app.command("movielens")
+@handle_errors
+def benchmark_movielens(
+    data: Annotated[Path, typer.Option(help="A MovieLens latest-small directory (ratings.csv, movies.csv).")],
+    out: Annotated[Path, typer.Option(help="Markdown report to write.")] = Path("docs/benchmarks.md"),
+    folds: Annotated[int, typer.Option(min=1, help="Rolling-origin cutoffs.")] = 12,
+    home: Home = None,
+) -> None:
+    """Rolling-origin backtest of two-stage vs baselines on MovieLens; prints the table, writes the report."""
+    import time
+
+    from training.backtest import BacktestConfig
+    from training.benchmark import VARIANTS, console_table, render_report, run_benchmark, variant_dataset
+    from training.importer import load_movielens
+
+    started = time.perf_counter()
+    settings = settings_for(home)
+    dataset = load_movielens(data)
+    config = BacktestConfig(folds=folds)
+    with progress_bar() as bar:
+        task = bar.add_task("backtest", total=folds * len(VARIANTS))
+        results = run_benchmark(dataset, settings.home / "benchmark", config,
+                                lambda variant, done, total: bar.update(task, advance=1,
+                                                                        description=f"{variant}: fold {done}/{total}"))
+    total = time.perf_counter() - started
+    for result in results:
+        print(console_table(result))
+    datasets = {name: variant_dataset(dataset, rating) for name, rating in VARIANTS.items()}
+    command = f"recsys benchmark movielens --data {data}" + (f" --folds {folds}" if folds != 12 else "")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render_report(results, datasets, command, total, config))
+    console.print(f"benchmark done in {total:.0f} s → {out}")
 
 
 @app.command("skew")

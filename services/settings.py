@@ -32,7 +32,7 @@ class Settings(BaseSettings):
     clock: Literal["data", "wall"] = "data"
     # Bearer token for /admin endpoints; empty disables them (401).
     admin_token: str = ""
-    n_candidates: int = 300
+    n_candidates: int = 350
     # Per-stage budgets (serving/deadline.py, serving/store_guard.py): a stage that overruns falls
     # back (defaults, popularity, retrieval order) and the answer is marked degraded. A failing
     # store is left alone for store_retry_after_s before it is tried again.

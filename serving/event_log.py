@@ -158,7 +158,8 @@ DEFAULT_EVENTS = ("click",)
 class FlatLogs:
     """Logs ready for OPE: ``rows`` (one per shown item, :data:`ROW_COLUMNS` plus ``source`` and
     ``model_version``, and ``target_propensity`` when given) and ``requests`` (one per request:
-    ``request_id, ts, model_version, k, policy, candidate_ids, candidate_scores``), or ``None``
+    ``request_id, ts, model_version, k, policy, candidate_ids, candidate_scores, recent_items``: the
+    user's recent items as served, which seed co-visitation when a bundle rescores), or ``None``
     when the rows came from a CSV/Parquet file, which carries no candidates."""
 
     rows: pd.DataFrame
@@ -210,9 +211,12 @@ def flatten_impressions(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         if len(ids) != len(scores):
             raise ValueError(f"{where}: candidates.item_ids and candidates.scores differ in length")
         requests.append((request_id, ts, str(record.get("model_version", "")), int(record.get("k", len(slate))),
-                         record.get("policy") or {}, [str(i) for i in ids], np.asarray(scores, dtype=np.float64)))
+                         record.get("policy") or {}, [str(i) for i in ids], np.asarray(scores, dtype=np.float64),
+                         [str(i) for i in ((record.get("features") or {}).get("user") or {}).get("rt_recent_items")
+                          or []]))
     columns = [*ROW_COLUMNS, "source", "model_version"]
-    request_columns = ["request_id", "ts", "model_version", "k", "policy", "candidate_ids", "candidate_scores"]
+    request_columns = ["request_id", "ts", "model_version", "k", "policy", "candidate_ids", "candidate_scores",
+                       "recent_items"]
     return pd.DataFrame(rows, columns=columns), pd.DataFrame(requests, columns=request_columns)
 
 

@@ -13,6 +13,8 @@ import faiss
 import numpy as np
 
 from training import bundle
+from training.candidates import CandidateSettings, CandidatesModel, model_from_parts
+from training.covisitation import Covisitation
 from training.ranker_features import RANKER_FEATURES
 from training.ranker_onnx import OnnxRanker
 from training.retrieval_index import configure_for_search
@@ -25,6 +27,7 @@ class ServingModel:
     manifest: bundle.Manifest
     retrieval: RetrievalModel
     ranker: OnnxRanker
+    candidates: CandidatesModel
     popular_items: list[str]
     popular_scores: np.ndarray
 
@@ -51,11 +54,15 @@ def load_model(path: Path) -> ServingModel:
     )
     popular = bundle.read_json(path / bundle.POPULAR_ITEMS)
     total = sum(p["score"] for p in popular) or 1.0
+    candidates = model_from_parts(retrieval, Covisitation.load(path / bundle.COVISITATION),
+                                  [p["item_id"] for p in popular], np.array([p["score"] for p in popular]),
+                                  CandidateSettings(**manifest.candidates))
     return ServingModel(
         path=path,
         manifest=manifest,
         retrieval=retrieval,
         ranker=OnnxRanker(path / bundle.RANKER_ONNX),
+        candidates=candidates,
         popular_items=[p["item_id"] for p in popular],
         popular_scores=np.array([p["score"] / total for p in popular], dtype=np.float64),
     )

@@ -1,19 +1,21 @@
 """One /recommend request, stage by stage.
 
-    user features + seen items (online store)
-      → user vector → FAISS top-N, seen items excluded           (retrieval)
+    user features + seen items + recent items (online store)
+      → candidate sources, seen items excluded                   (retrieval)
+        (two-tower ANN, co-visitation, recent popularity: training/candidates.py)
       → candidate item features (online store)                   (features)
-      → ranker_matrix → ONNX scores                              (ranking)
+      → ranker_matrix (with the pair features) → ONNX scores     (ranking)
       → policy picks the slate, with propensities                (exploration)
       → popular items fill any gap, impression logged            (logging)
 
-Users the two-tower model never saw get the popularity fallback, marked ``source="popular"``.
+Each item's ``source`` says which candidate source proposed it (``ann``, ``covis``, ``popular``);
+users the two-tower model never saw get co-visitation and popular candidates, still ranked.
 Each stage has a budget and a fallback, so no failure reaches the user as an error or a late answer:
 
     stage       on failure or overrun (serving/store_guard.py, serving/deadline.py)
     features    the user's last features read, or defaults; cached item rows, or nulls
-    retrieval   no ANN candidates: the popularity fallback fills the slate
-    ranking     candidates keep their retrieval order and scores
+    retrieval   no candidates: the popularity fallback fills the slate
+    ranking     candidates are ordered by their two-tower score
 
 and the answer is marked ``degraded``. A request reads the current model once, so a bundle swap
 never mixes versions. The answer has k items unless the catalog has fewer than k items the user
@@ -37,11 +39,9 @@ from serving.exploration import Candidates, GreedyPolicy, Policy, Slate
 from serving.item_cache import ItemColumns
 from serving.model import ServingModel
 from serving.online_features import OnlineFeatures, UserFeatures
+from training.candidates import SOURCE_POPULAR, CandidateRequest, generate
 from training.ranker_features import RANKER_FEATURES, ranker_matrix
-from training.retrieval import pair_scores, search_excluding
-
-SOURCE_ANN = "ann"
-SOURCE_POPULAR = "popular"
+from training.two_stage import CandidateSet
 
 
 @dataclass
@@ -101,7 +101,7 @@ class StageTimer:
 class Recommender:
     def __init__(
         self, model: ServingModel, features: OnlineFeatures, impressions: LogWriter,
-        clock: Callable[[], float], policy: Policy | None = None, n_candidates: int = 300,
+        clock: Callable[[], float], policy: Policy | None = None, n_candidates: int = 350,
         log_candidates: int = 50, arm: str | None = None, budgets: StageBudgets | None = None,
     ):
         self.model = model
@@ -109,7 +109,7 @@ class Recommender:
         self.impressions = impressions
         self.clock = clock
         self.policy = policy or GreedyPolicy()
-        self.n_candidates = n_candidates
+        self.n_candidates = n_candidates  # cap on the merged candidates (in source order)
         self.log_candidates = log_candidates  # top-M candidates (ids, scores) logged for OPE
         self.arm = arm  # the experiment arm this recommender serves (serving/experiments.py), logged
         self.budgets = budgets or StageBudgets()
@@ -126,10 +126,10 @@ class Recommender:
         degraded = user.degraded
         timer.lap("features")
 
-        rows, retrieval_scores = np.empty(0, np.int64), np.empty(0, np.float32)
+        rows, sources = np.empty(0, np.int64), np.empty(0, object)
+        pairs: dict[str, np.ndarray] = {"retrieval_score": np.empty(0, np.float32)}
         try:
-            rows, retrieval_scores = self.stages.run(self._retrieve, self.budgets.retrieval_s, model, user_id,
-                                                     user.seen_items)
+            rows, sources, pairs = self.stages.run(self._candidates, self.budgets.retrieval_s, model, user_id, user)
         except StageOverrun:
             degraded = True
         timer.lap("retrieval")
@@ -139,18 +139,18 @@ class Recommender:
         degraded |= items_failed
         timer.lap("features")
 
-        scores, ranker_inputs = retrieval_scores, None
+        scores, ranker_inputs = pairs["retrieval_score"], None
         if candidate_ids:
             try:
                 ranker_inputs, scores = self.stages.run(self._score, self.budgets.ranking_s, model, user, items, now,
-                                                        retrieval_scores)
+                                                        pairs)
             except StageOverrun:
                 degraded = True
         timer.lap("ranking")
 
         slate = self.policy.choose(Candidates(candidate_ids, scores), k, request_id, now)
         chosen = [
-            RecommendedItem(candidate_ids[r], float(scores[r]), i + 1, float(p), SOURCE_ANN)
+            RecommendedItem(candidate_ids[r], float(scores[r]), i + 1, float(p), str(sources[r]))
             for i, (r, p) in enumerate(zip(slate.rows, slate.propensities, strict=True))
         ]
         timer.lap("exploration")
@@ -172,21 +172,20 @@ class Recommender:
         timer.lap("logging")
         return result
 
-    def _retrieve(self, model: ServingModel, user_id: str, seen: set[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Top-N items by the two-tower score, seen items excluded; none for users the towers never saw."""
-        row = model.retrieval.user_row.get(user_id)
-        if row is None:
-            return np.empty(0, np.int64), np.empty(0, np.float32)
-        exclude = {model.retrieval.item_row[i] for i in seen if i in model.retrieval.item_row}
-        query = model.retrieval.user_vectors[row:row + 1]
-        [(rows, _)] = search_excluding(model.retrieval.index, query, [exclude], self.n_candidates)
-        return rows, pair_scores(query, model.retrieval.item_vectors[rows])
+    def _candidates(self, model: ServingModel, user_id: str,
+                    user: UserFeatures) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """The merged candidates (item rows, sources, pair features), the first ``n_candidates`` in source order."""
+        recent = [str(i) for i in user.values.get("rt_recent_items") or []]
+        found: CandidateSet = generate(model.candidates, [CandidateRequest(user_id, user.seen_items, recent)])
+        n = self.n_candidates
+        return found.item_rows[:n], found.sources[:n], {name: v[:n] for name, v in found.pair_features.items()}
 
     @staticmethod
     def _score(model: ServingModel, user: UserFeatures, items: ItemColumns, now: float,
-               retrieval_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        users = _repeated(user.values, len(retrieval_scores))
-        inputs = ranker_matrix(users, items, now, retrieval_scores)
+               pairs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """The ranker's input matrix and its scores."""
+        users = _repeated(user.values, len(pairs["retrieval_score"]))
+        inputs = ranker_matrix(users, items, now, pairs)
         return inputs, model.ranker.score(inputs)
 
     def close(self) -> None:

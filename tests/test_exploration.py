@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import faiss
 import numpy as np
+import pandas as pd
 import pytest
 
 from serving.event_log import LogWriter, read_records
@@ -182,6 +183,9 @@ def test_unknown_policies_and_params_are_refused_by_name():
 def test_the_impression_log_carries_what_replay_and_ope_need(tmp_path):
     from serving.online_features import ITEM_FEATURES, UserFeatures
     from serving.recommender import Recommender
+    from training.candidates import CandidateSettings, model_from_parts
+    from training.covisitation import build_covisitation
+    from training.ranker_features import RANKER_FEATURES
     from training.two_stage import RetrievalModel
 
     rng = np.random.default_rng(0)
@@ -189,8 +193,13 @@ def test_the_impression_log_carries_what_replay_and_ope_need(tmp_path):
     index = faiss.IndexFlatIP(8)
     index.add(vectors)
     retrieval = RetrievalModel([f"i{j}" for j in range(80)], vectors, ["u0"], rng.standard_normal((1, 8)), index)
-    model = SimpleNamespace(retrieval=retrieval, version="v-test", popular_items=["p0"], popular_scores=np.ones(1),
-                            ranker=SimpleNamespace(score=lambda x: x[:, -1] + 0.1 * np.sin(np.arange(len(x)))))
+    no_events = pd.DataFrame(columns=["user_id", "item_id", "ts"])
+    no_covisitation = build_covisitation(no_events, retrieval.item_row, 80, window=1, neighbours=1)
+    sources = model_from_parts(retrieval, no_covisitation, ["p0"], np.ones(1), CandidateSettings())
+    model = SimpleNamespace(retrieval=retrieval, candidates=sources, version="v-test", popular_items=["p0"],
+                            popular_scores=np.ones(1),
+                            ranker=SimpleNamespace(score=lambda x: x[:, RANKER_FEATURES.index("retrieval_score")]
+                                                   + 0.1 * np.sin(np.arange(len(x)))))
     features = SimpleNamespace(user=lambda user_id: UserFeatures({}, set()),
                                items=lambda ids: ({name: np.full(len(ids), np.nan) for name in ITEM_FEATURES}, False))
     log = LogWriter(tmp_path / "impressions.jsonl")

@@ -112,3 +112,23 @@ def test_movielens_imports_through_the_cli(tmp_path):
     meta = json.loads((tmp_path / "data" / "meta.json").read_text())
     assert meta["source"] == "movielens"
     assert len(pd.read_parquet(tmp_path / "data" / "interactions.parquet")) == 100_836
+
+
+@pytest.mark.skipif(not MOVIELENS.exists(), reason=f"MovieLens not found at {MOVIELENS} (../shared absent)")
+def test_recommend_batch_on_imported_movielens_as_of_the_end(tmp_path):
+    home = str(tmp_path)
+    recsys("data", "import", "--movielens", str(MOVIELENS), "--home", home)
+    recsys("train", "--home", home)
+    dataset = Dataset.load(tmp_path / "data")
+    as_of = dataset.end_ts + 1
+    users = sorted(dataset.interactions["user_id"].unique())[:5] + ["someone-new"]
+    (tmp_path / "users.txt").write_text("\n".join(users))
+    recsys("recommend-batch", "--users", str(tmp_path / "users.txt"), "--as-of", str(as_of), "--k", "20",
+           "--out", str(tmp_path / "recs.csv"), "--home", home)
+    recs = pd.read_csv(tmp_path / "recs.csv", dtype={"user_id": str, "item_id": str})
+    for user in users:
+        mine = recs[recs["user_id"] == user]
+        assert list(mine["rank"]) == list(range(1, 21)) and mine["item_id"].is_unique, user
+        had = set(dataset.interactions.loc[dataset.interactions["user_id"] == user, "item_id"])
+        assert not set(mine["item_id"]) & had, user
+    assert newest_manifest(tmp_path)["metrics"]["onnx_parity"]["passed"]

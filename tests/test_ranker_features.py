@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from training.features import DAY
-from training.ranker_features import RANKER_FEATURES, UNKNOWN, ranker_matrix
+from training.ranker_features import PAIR_FEATURES, RANKER_FEATURES, UNKNOWN, ranker_matrix
 
 NOW = 20_000 * DAY + 3_600
 
@@ -16,7 +16,16 @@ def col(matrix: np.ndarray, name: str) -> np.ndarray:
     return matrix[:, RANKER_FEATURES.index(name)]
 
 
-def full_rows() -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
+def pairs(retrieval_score) -> dict[str, np.ndarray]:
+    """Pair features with the given two-tower scores and distinct values in the others."""
+    score = np.asarray(retrieval_score, dtype=np.float64)
+    n = len(score)
+    return {"retrieval_score": score, "covis_score": np.linspace(0.0, 0.5, n),
+            "popular_count_30d": np.arange(n) * 3.0, "in_ann": np.ones(n), "in_covis": np.arange(n) % 2.0,
+            "in_popular": np.zeros(n)}
+
+
+def full_rows() -> tuple[pd.DataFrame, pd.DataFrame, dict[str, np.ndarray]]:
     """Three candidate pairs with every stored feature present and distinct values per column."""
     users = pd.DataFrame(
         {
@@ -40,7 +49,7 @@ def full_rows() -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
             "i_category_idx": [1, 2, 0],
         }
     )
-    return users, items, np.array([0.9, 0.8, 0.7])
+    return users, items, pairs([0.9, 0.8, 0.7])
 
 
 def test_columns_follow_ranker_features_order_and_dtype() -> None:
@@ -54,7 +63,8 @@ def test_columns_follow_ranker_features_order_and_dtype() -> None:
         np.testing.assert_array_equal(col(m, name), users[name].to_numpy(np.float32))
     for name in ("i_events_1d", "i_events_7d", "i_events_30d", "i_events_total", "i_impressions_7d", "i_price"):
         np.testing.assert_array_equal(col(m, name), items[name].to_numpy(np.float32))
-    np.testing.assert_array_equal(col(m, "retrieval_score"), scores.astype(np.float32))
+    for name in PAIR_FEATURES:
+        np.testing.assert_array_equal(col(m, name), scores[name].astype(np.float32))
 
 
 def test_times_are_measured_from_the_given_ts() -> None:
@@ -82,7 +92,7 @@ def test_trend_rises_with_recent_activity_and_is_finite_without_history() -> Non
     n = 4
     users = pd.DataFrame({"u_events_total": np.zeros(n)})
     items = pd.DataFrame({"i_events_7d": [0, 3, 6, 0], "i_events_30d": [10, 10, 10, 0]})
-    trend = col(ranker_matrix(users, items, NOW, np.zeros(n)), "i_trend_7d_vs_30d")
+    trend = col(ranker_matrix(users, items, NOW, pairs(np.zeros(n))), "i_trend_7d_vs_30d")
     assert np.isfinite(trend).all()
     assert trend[0] < trend[1] < trend[2]
     assert trend[3] == 0.0
@@ -114,7 +124,7 @@ def test_missing_values_become_sentinels_not_nan() -> None:
         },
         dtype=object,
     )
-    m = ranker_matrix(users, items, NOW, np.array([0.1, 0.2]))
+    m = ranker_matrix(users, items, NOW, pairs([0.1, 0.2]))
     assert not np.isnan(m).any()
     for name in ("u_events_1d", "u_events_7d", "u_events_30d", "u_events_total"):
         np.testing.assert_array_equal(col(m, name), [0.0, 1.0], err_msg=name)
@@ -130,24 +140,47 @@ def test_missing_columns_get_the_same_defaults() -> None:
     """Serving on a store without some view (no impressions, no item attributes) still works."""
     users = pd.DataFrame(index=range(2))
     items = pd.DataFrame(index=range(2))
-    m = ranker_matrix(users, items, NOW, np.array([0.5, 0.25]))
+    m = ranker_matrix(users, items, NOW, pairs([0.5, 0.25]))
     assert not np.isnan(m).any()
     unknown = {"u_days_since_last_event", "i_age_days", "i_price", "i_ctr_7d"}
-    for name in RANKER_FEATURES[:-1]:
+    for name in RANKER_FEATURES[: -len(PAIR_FEATURES)]:
         expected = UNKNOWN if name in unknown else 0.0
         np.testing.assert_array_equal(col(m, name), [expected, expected], err_msg=name)
-    assert RANKER_FEATURES[-1] == "retrieval_score"
+    assert RANKER_FEATURES[-len(PAIR_FEATURES):] == PAIR_FEATURES
     np.testing.assert_array_equal(col(m, "retrieval_score"), [0.5, 0.25])
+
+
+def test_pair_features_are_required() -> None:
+    users, items, scores = full_rows()
+    del scores["covis_score"]
+    with pytest.raises(ValueError, match="covis_score"):
+        ranker_matrix(users, items, NOW, scores)
+
+
+def test_events_per_day_of_age() -> None:
+    users, items, scores = full_rows()
+    m = ranker_matrix(users, items, NOW, scores)
+    # 71 events over 2 days, 72 over a quarter day (counted as one), 73 over 100 days
+    np.testing.assert_allclose(col(m, "i_events_per_day"), [35.5, 72.0, 0.73], rtol=1e-6)
 
 
 @pytest.mark.parametrize(("n_users", "n_items", "n_scores"), [(2, 3, 3), (3, 2, 3), (3, 3, 2)])
 def test_misaligned_inputs_raise(n_users: int, n_items: int, n_scores: int) -> None:
     users, items, scores = full_rows()
     with pytest.raises(ValueError, match="row-aligned"):
-        ranker_matrix(users.iloc[:n_users], items.iloc[:n_items], NOW, scores[:n_scores])
+        ranker_matrix(users.iloc[:n_users], items.iloc[:n_items], NOW, {k: v[:n_scores] for k, v in scores.items()})
 
 
 def test_empty_input_gives_an_empty_matrix() -> None:
     users, items, _ = full_rows()
-    m = ranker_matrix(users.iloc[:0], items.iloc[:0], NOW, np.empty(0))
+    m = ranker_matrix(users.iloc[:0], items.iloc[:0], NOW, pairs([]))
     assert m.shape == (0, len(RANKER_FEATURES))
+
+
+def test_a_user_without_a_share_vector_as_serving_passes_it() -> None:
+    """Serving broadcasts a missing user value as a NaN column: no share, not an error."""
+    _, items, scores = full_rows()
+    users = {"u_category_share": np.full(3, np.nan), "u_events_total": np.full(3, np.nan)}
+    m = ranker_matrix(users, items, NOW, scores)
+    np.testing.assert_array_equal(col(m, "ui_category_share"), [0.0, 0.0, 0.0])
+    np.testing.assert_array_equal(col(m, "u_events_total"), [0.0, 0.0, 0.0])

@@ -14,35 +14,34 @@ import numpy as np
 import pandas as pd
 from feast import FeatureStore
 
+from training.candidates import CandidatesModel, generate, requests_as_of, unavailable_rows
 from training.dataset import Dataset
-from training.features import seen_items, unavailable_items
-from training.two_stage import (
-    RetrievalModel,
-    candidate_features,
-    popularity_ranking,
-    rank,
-    recent_popularity,
-    retrieve,
-)
+from training.features import seen_items
+from training.two_stage import candidate_features, popularity_ranking, rank, recent_popularity
 
 
 def recommend_batch(
-    dataset: Dataset, model: RetrievalModel, score: Callable[[np.ndarray], np.ndarray], store: FeatureStore,
-    training_cutoff_ts: int, user_ids: list[str], as_of: int, k: int, n_candidates: int,
+    dataset: Dataset, model: CandidatesModel, score: Callable[[np.ndarray], np.ndarray], store: FeatureStore,
+    training_cutoff_ts: int, user_ids: list[str], as_of: int, k: int,
 ) -> pd.DataFrame:
-    """``user_id, item_id, rank, score`` rows; unknown users and short lists filled by popularity."""
+    """``user_id, item_id, rank, score`` rows; short lists filled by popularity.
+
+    ``model``: the candidate sources as of ``as_of`` (``build_candidates_model`` on the dataset), so
+    co-visitation and popularity too come from data before it.
+    """
     if as_of < training_cutoff_ts:
         raise ValueError(
             f"--as-of {as_of} is before the bundle's training cutoff {training_cutoff_ts}: its models saw "
             "later data; train a bundle on data before that time first"
         )
-    seen = seen_items(dataset.interactions[dataset.interactions["ts"] < as_of])
-    candidates = retrieve(model, user_ids, seen, n_candidates, unavailable_items(dataset, as_of))
-    ranked = rank(candidates, score(candidate_features(model, store, candidates, as_of)), k)
-    fill = popularity_ranking(recent_popularity(dataset, as_of), user_ids, seen, k)
+    interactions = dataset.interactions
+    seen = seen_items(interactions[interactions["ts"] < as_of])
+    candidates = generate(model, requests_as_of(interactions, user_ids, as_of), unavailable_rows(model, dataset, as_of))
+    ranked = rank(candidates, score(candidate_features(model.retrieval, store, candidates, as_of)), k)
+    fill = popularity_ranking(recent_popularity(interactions, as_of), user_ids, seen, k)
     rows = []
     for user in user_ids:
-        picks = [(model.item_ids[r], s) for r, s in ranked.get(user, [])]
+        picks = [(model.retrieval.item_ids[r], s) for r, s in ranked.get(user, [])]
         taken = {item for item, _ in picks}
         picks += [(item, float(c)) for item, c in fill[user] if item not in taken][: k - len(picks)]
         rows += [(user, item, position, s) for position, (item, s) in enumerate(picks, start=1)]

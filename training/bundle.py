@@ -12,7 +12,8 @@ Layout of ``bundles/<version>/``:
 - ``retrieval.faiss``: the ANN index over the item vectors (ids = row numbers);
 - ``ranker.onnx``: the LightGBM ranker in ONNX form (what serving runs);
 - ``ranker.lgb.txt``: the native LightGBM model (parity checks, the naive path);
-- ``popular_items.json``: the popularity fallback, most popular first;
+- ``popular_items.json``: the recent-popularity source and fallback, most popular first, with counts;
+- ``covisitation.npz``: the co-visitation neighbour lists of the ``covis`` candidate source;
 - ``drift_reference.json`` (optional): reference bins and counts for drift monitoring, written by
   the caller's ``extra_artifacts`` hook (``monitoring/drift_reference.py``); checksummed like the rest.
 
@@ -30,7 +31,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: candidate sources (covisitation.npz, Manifest.candidates)
 MANIFEST = "manifest.json"
 ITEM_IDS = "item_ids.json"
 ITEM_VECTORS = "item_vectors.npy"
@@ -40,8 +41,10 @@ RETRIEVAL_INDEX = "retrieval.faiss"
 RANKER_ONNX = "ranker.onnx"
 RANKER_NATIVE = "ranker.lgb.txt"
 POPULAR_ITEMS = "popular_items.json"
+COVISITATION = "covisitation.npz"
 DRIFT_REFERENCE = "drift_reference.json"
-REQUIRED_FILES = (ITEM_IDS, ITEM_VECTORS, USER_IDS, USER_VECTORS, RETRIEVAL_INDEX, RANKER_ONNX, POPULAR_ITEMS)
+REQUIRED_FILES = (ITEM_IDS, ITEM_VECTORS, USER_IDS, USER_VECTORS, RETRIEVAL_INDEX, RANKER_ONNX, POPULAR_ITEMS,
+                  COVISITATION)
 
 
 class BundleError(RuntimeError):
@@ -59,6 +62,8 @@ class Manifest:
     ranker_features: list[str]
     categories: list[str]
     index: dict
+    # Candidate source settings (training/candidates.py CandidateSettings).
+    candidates: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     fingerprints: dict = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)

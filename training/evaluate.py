@@ -17,9 +17,10 @@ import numpy as np
 import pandas as pd
 from feast import FeatureStore
 
+from training.candidates import CandidatesModel, generate, requests_as_of, retrieval_only_scores, unavailable_rows
 from training.dataset import Dataset
-from training.features import seen_items, unavailable_items
-from training.two_stage import RetrievalModel, candidate_features, popularity_ranking, rank, retrieve
+from training.features import seen_items
+from training.two_stage import candidate_features, popularity_ranking, rank
 
 CUTOFFS = (10, 100)
 
@@ -32,6 +33,16 @@ def ndcg_at(ranked: list[str], truth: set[str], k: int) -> float:
     dcg = sum(1.0 / np.log2(i + 2) for i, item in enumerate(ranked[:k]) if item in truth)
     ideal = sum(1.0 / np.log2(i + 2) for i in range(min(k, len(truth))))
     return dcg / ideal
+
+
+def average_precision_at(ranked: list[str], truth: set[str], k: int) -> float:
+    """MAP@k's per-user term: mean precision at each hit's rank, over min(k, |truth|)."""
+    hits, total = 0, 0.0
+    for i, item in enumerate(ranked[:k]):
+        if item in truth:
+            hits += 1
+            total += hits / (i + 1)
+    return total / min(k, len(truth))
 
 
 def summarize(rankings: dict[str, list[str]], truth: dict[str, set[str]]) -> dict[str, float]:
@@ -78,8 +89,9 @@ class Evaluation:
     group_sizes: np.ndarray
 
 
-def evaluate(dataset: Dataset, model: RetrievalModel, store: FeatureStore, split_ts: int,
-             predict: Callable[[np.ndarray], np.ndarray], n_candidates: int) -> Evaluation:
+def evaluate(dataset: Dataset, model: CandidatesModel, store: FeatureStore, split_ts: int,
+             predict: Callable[[np.ndarray], np.ndarray]) -> Evaluation:
+    """Popularity, retrieval only and two-stage as of ``split_ts``; ``model``: candidate sources as of then."""
     seen, truth = holdout_truth(dataset, split_ts)
     users = sorted(truth)
     k = max(CUTOFFS)
@@ -87,11 +99,12 @@ def evaluate(dataset: Dataset, model: RetrievalModel, store: FeatureStore, split
 
     by_popularity = {u: [i for i, _ in picks] for u, picks in popularity_ranking(popularity, users, seen, k).items()}
 
-    candidates = retrieve(model, users, seen, n_candidates, unavailable_items(dataset, split_ts))
-    ids = np.array(model.item_ids, dtype=object)
+    candidates = generate(model, requests_as_of(dataset.interactions, users, split_ts),
+                          unavailable_rows(model, dataset, split_ts))
+    ids = np.array(model.retrieval.item_ids, dtype=object)
     by_retrieval = {u: [ids[r] for r, _ in picks]
-                    for u, picks in rank(candidates, candidates.retrieval_scores, k).items()}
-    features = candidate_features(model, store, candidates, split_ts)
+                    for u, picks in rank(candidates, retrieval_only_scores(candidates), k).items()}
+    features = candidate_features(model.retrieval, store, candidates, split_ts)
     by_two_stage = {u: [ids[r] for r, _ in picks] for u, picks in rank(candidates, predict(features), k).items()}
     report = EvaluationReport(
         split_ts=split_ts,

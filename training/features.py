@@ -255,12 +255,17 @@ def realtime_state(items: list[str], ts: list[int]) -> dict:
     }
 
 
-def _user_realtime(interactions: pd.DataFrame, snapshot_ts: int) -> pd.DataFrame:
+def realtime_states(interactions: pd.DataFrame) -> dict[str, dict]:
+    """:func:`realtime_state` of every user in ``interactions`` (filter by time before calling), by user id."""
     latest = interactions.sort_values("ts", kind="stable").groupby("user_id", sort=True).tail(RECENT_ITEMS)
+    return {user: realtime_state(group["item_id"].tolist(), group["ts"].tolist())
+            for user, group in latest.groupby("user_id", sort=True)}
+
+
+def _user_realtime(interactions: pd.DataFrame, snapshot_ts: int) -> pd.DataFrame:
     rows = [
-        {"user_id": user, TIMESTAMP: pd.Timestamp(snapshot_ts, unit="s", tz="UTC"),
-         **realtime_state(group["item_id"].tolist(), group["ts"].tolist())}
-        for user, group in latest.groupby("user_id", sort=True)
+        {"user_id": user, TIMESTAMP: pd.Timestamp(snapshot_ts, unit="s", tz="UTC"), **state}
+        for user, state in realtime_states(interactions).items()
     ]
     return pd.DataFrame(rows, columns=["user_id", TIMESTAMP, *realtime_state([], []).keys()])
 

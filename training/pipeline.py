@@ -24,15 +24,23 @@ import pandas as pd
 from feast import FeatureStore
 
 from training import bundle
+from training.candidates import (
+    CandidateSettings,
+    CandidatesModel,
+    build_candidates_model,
+    generate,
+    requests_as_of,
+    unavailable_rows,
+)
 from training.dataset import Dataset
 from training.evaluate import EvaluationReport, evaluate
-from training.features import DAY, category_vocabulary, next_snapshot, seen_items, unavailable_items
+from training.features import DAY, category_vocabulary, next_snapshot
 from training.offline_features import features_as_of
 from training.ranker import RankerConfig, build_examples, train_ranker
 from training.ranker_features import RANKER_FEATURES
 from training.ranker_onnx import OnnxRanker, ParityError, ParityReport, check_parity, export_onnx
 from training.retrieval_index import build_index
-from training.two_stage import RetrievalModel, candidate_features, recent_popularity, retrieve
+from training.two_stage import RetrievalModel, candidate_features
 from training.two_tower import TowerInputs, TwoTowerConfig, train_two_tower
 
 # Users whose requests make the drift reference (all of them in the small world).
@@ -43,7 +51,7 @@ REFERENCE_USERS = 2000
 class TrainConfig:
     eval_fraction: float = 0.1
     ranker_fraction: float = 0.1
-    n_candidates: int = 300
+    candidates: CandidateSettings = field(default_factory=CandidateSettings)
     two_tower: TwoTowerConfig = field(default_factory=TwoTowerConfig)
     ranker: RankerConfig = field(default_factory=RankerConfig)
 
@@ -95,18 +103,29 @@ def fingerprint_code() -> str:
     return digest.hexdigest()
 
 
-def serving_sample(dataset: Dataset, model: RetrievalModel, store: FeatureStore,
-                   score: Callable[[np.ndarray], np.ndarray], n_candidates: int, n_users: int = REFERENCE_USERS,
+def serving_sample(dataset: Dataset, candidates: CandidatesModel, store: FeatureStore,
+                   score: Callable[[np.ndarray], np.ndarray], n_users: int = REFERENCE_USERS,
                    seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(ranker inputs, scores, candidates per request) for users the model knows, drawn uniformly,
     as of the instant serving starts (the snapshot after the data, where the online store is
-    materialized): what the API will rank right after deployment, with its features and clock."""
+    materialized), with the bundle's candidate sources: what the API will rank right after
+    deployment, with its features and clock."""
     ts = next_snapshot(dataset.end_ts)
     rng = np.random.default_rng(seed)
-    users = sorted(rng.choice(model.user_ids, size=min(n_users, len(model.user_ids)), replace=False).tolist())
-    candidates = retrieve(model, users, seen_items(dataset.interactions), n_candidates, unavailable_items(dataset, ts))
-    features = candidate_features(model, store, candidates, ts)
-    return features, score(features), candidates.sizes
+    known = candidates.retrieval.user_ids
+    users = sorted(rng.choice(known, size=min(n_users, len(known)), replace=False).tolist())
+    requests = requests_as_of(dataset.interactions, users, ts)
+    found = generate(candidates, requests, unavailable_rows(candidates, dataset, ts))
+    features = candidate_features(candidates.retrieval, store, found, ts)
+    return features, score(features), found.sizes
+
+
+def write_candidate_sources(staging: Path, model: CandidatesModel) -> None:
+    """The co-visitation lists and the recent-popularity list (with counts) into a bundle."""
+    model.covisitation.save(staging / bundle.COVISITATION)
+    item_ids = model.retrieval.item_ids
+    bundle.write_json(staging / bundle.POPULAR_ITEMS, [{"item_id": item_ids[r], "score": float(c)} for r, c in
+                                                       zip(model.popular_rows, model.popular_counts, strict=True)])
 
 
 def train_bundle(
@@ -141,7 +160,9 @@ def train_bundle(
     model = RetrievalModel(item_ids, item_vectors[1:], user_ids, user_vectors[1:], index)
 
     on_step("ranker training set (point-in-time features)")
-    examples = build_examples(model, store, dataset, t0, split, config.n_candidates)
+    interactions = dataset.interactions
+    examples = build_examples(build_candidates_model(model, interactions, t0, config.candidates), store, dataset,
+                              t0, split)
     on_step("LightGBM lambdarank")
     booster = train_ranker(examples, RANKER_FEATURES, config.ranker)
 
@@ -152,24 +173,25 @@ def train_bundle(
     onnx_ranker = OnnxRanker(staging / bundle.RANKER_ONNX)
 
     on_step("evaluation on the temporal split")
-    evaluation = evaluate(dataset, model, store, split, onnx_ranker.score, config.n_candidates)
+    evaluation = evaluate(dataset, build_candidates_model(model, interactions, split, config.candidates), store,
+                          split, onnx_ranker.score)
     report = evaluation.report
     parity = check_parity(booster, onnx_ranker, evaluation.features, evaluation.group_sizes)
     if not parity.passed:
         raise ParityError(f"ONNX ranker disagrees with LightGBM: {parity.to_dict()}")
 
     on_step("writing the bundle")
+    # Serving starts where the data ends (next_snapshot): its sources are built as of that instant.
+    serving_candidates = build_candidates_model(model, interactions, next_snapshot(dataset.end_ts), config.candidates)
     if extra_artifacts is not None:
         on_step("ranker inputs as of serving start (drift reference)")
-        extra_artifacts(staging, *serving_sample(dataset, model, store, onnx_ranker.score, config.n_candidates))
+        extra_artifacts(staging, *serving_sample(dataset, serving_candidates, store, onnx_ranker.score))
     np.save(staging / bundle.ITEM_VECTORS, item_vectors[1:])
     np.save(staging / bundle.USER_VECTORS, user_vectors[1:])
     bundle.write_json(staging / bundle.ITEM_IDS, item_ids)
     bundle.write_json(staging / bundle.USER_IDS, user_ids)
     faiss.write_index(index, str(staging / bundle.RETRIEVAL_INDEX))
-    popular = recent_popularity(dataset, dataset.end_ts + 1)
-    bundle.write_json(staging / bundle.POPULAR_ITEMS,
-                      [{"item_id": str(i), "score": float(c)} for i, c in popular.items()])
+    write_candidate_sources(staging, serving_candidates)
     manifest = bundle.Manifest(
         version=version,
         created_at=time.time(),
@@ -179,6 +201,7 @@ def train_bundle(
         ranker_features=list(RANKER_FEATURES),
         categories=categories,
         index=index_params,
+        candidates=config.candidates.to_dict(),
         metrics={
             "evaluation": asdict(report),
             "onnx_parity": parity.to_dict(),

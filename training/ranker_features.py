@@ -10,7 +10,9 @@ ONNX tree ensemble take the same branch for them.
 
 Inputs are column mappings: training passes DataFrames from the point-in-time join; serving
 passes dicts of numpy columns (no DataFrame is built per request), where the user's share
-vector may come as one [n, categories] matrix.
+vector may come as one [n, categories] matrix. The pair features (two-tower and co-visitation
+scores, recent popularity, source indicators) come from candidate generation
+(``training/candidates.py``), which every path shares too.
 """
 
 from __future__ import annotations
@@ -38,9 +40,18 @@ RANKER_FEATURES = [
     "i_ctr_7d",
     "i_age_days",
     "i_price",
+    "i_events_per_day",
     "ui_category_share",
-    "retrieval_score",
 ]
+PAIR_FEATURES = [
+    "retrieval_score",
+    "covis_score",
+    "popular_count_30d",
+    "in_ann",
+    "in_covis",
+    "in_popular",
+]
+RANKER_FEATURES += PAIR_FEATURES
 UNKNOWN = -1.0
 Columns = Mapping[str, Any]  # a DataFrame, or a dict of equal-length columns
 
@@ -62,17 +73,22 @@ def _category_share(users: Columns, category_idx: np.ndarray) -> np.ndarray:
         rows = np.flatnonzero((category_idx >= 0) & (category_idx < shares.shape[1]))
         out[rows] = shares[rows, category_idx[rows]]
         return out
+    if isinstance(shares, np.ndarray) and shares.dtype.kind == "f":  # a user without a share vector (NaN)
+        return out
     for row, (share, idx) in enumerate(zip(shares, category_idx, strict=True)):
         if share is not None and 0 <= idx < len(share):
             out[row] = share[int(idx)]
     return out
 
 
-def ranker_matrix(users: Columns, items: Columns, ts: np.ndarray | float, retrieval_score: np.ndarray) -> np.ndarray:
-    """Row-aligned user and item feature columns (one row per candidate pair) → float32 [n, F]."""
-    n = len(retrieval_score)
-    if any(len(column) != n for frame in (users, items) for column in (frame[name] for name in frame)):
-        raise ValueError("users, items and retrieval_score must be row-aligned")
+def ranker_matrix(users: Columns, items: Columns, ts: np.ndarray | float, pairs: Columns) -> np.ndarray:
+    """Row-aligned user, item and pair feature columns (one row per candidate pair) → float32 [n, F]."""
+    missing = [name for name in PAIR_FEATURES if name not in pairs]
+    if missing:
+        raise ValueError(f"pair features missing: {missing}")
+    n = len(pairs[PAIR_FEATURES[0]])
+    if any(len(column) != n for frame in (users, items, pairs) for column in (frame[name] for name in frame)):
+        raise ValueError("users, items and pair features must be row-aligned")
     now = np.broadcast_to(np.asarray(ts, dtype=np.float64), (n,))
     f = {}
     for name in ("u_events_1d", "u_events_7d", "u_events_30d", "u_events_total"):
@@ -86,8 +102,10 @@ def ranker_matrix(users: Columns, items: Columns, ts: np.ndarray | float, retrie
     f["i_ctr_7d"] = np.where(shown > 0, f["i_events_7d"] / np.maximum(shown, 1.0), UNKNOWN)
     release = _column(items, "i_release_ts", np.nan, n)
     f["i_age_days"] = np.where(np.isnan(release), UNKNOWN, (now - np.nan_to_num(release)) / DAY)
+    f["i_events_per_day"] = f["i_events_total"] / np.maximum(f["i_age_days"], 1.0)
     f["i_price"] = np.nan_to_num(_column(items, "i_price", np.nan, n), nan=UNKNOWN)
     category_idx = np.nan_to_num(_column(items, "i_category_idx", np.nan, n), nan=-1).astype(np.int64)
     f["ui_category_share"] = _category_share(users, category_idx)
-    f["retrieval_score"] = np.asarray(retrieval_score, dtype=np.float64)
+    for name in PAIR_FEATURES:
+        f[name] = np.asarray(pairs[name], dtype=np.float64)
     return np.column_stack([f[name] for name in RANKER_FEATURES]).astype(np.float32)

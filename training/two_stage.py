@@ -1,9 +1,10 @@
-"""Offline two-stage recommendation at one instant: retrieve candidates, join features, rank.
+"""Offline two-stage recommendation at one instant: candidates, their features, ranking.
 
-This is the batch twin of the serving pipeline, built from the same pieces (``search_excluding``
-for candidates, ``ranker_matrix`` for features), and it is what builds the ranker's training set,
-evaluates the models and answers ``recsys recommend-batch``. Because training examples are made
-exactly the way requests are scored, what the ranker learns from is what it will see.
+This is the batch twin of the serving pipeline, built from the same pieces (``generate`` in
+``training/candidates.py`` for candidates, ``ranker_matrix`` for features), and it is what builds
+the ranker's training set, evaluates the models and answers ``recsys recommend-batch``. Because
+training examples are made exactly the way requests are scored, what the ranker learns from is
+what it will see.
 """
 
 from __future__ import annotations
@@ -15,11 +16,9 @@ import numpy as np
 import pandas as pd
 from feast import FeatureStore
 
-from training.dataset import Dataset
 from training.features import DAY
 from training.offline_features import features_as_of
 from training.ranker_features import ranker_matrix
-from training.retrieval import pair_scores, search_excluding
 
 
 @dataclass
@@ -44,33 +43,12 @@ class CandidateSet:
     user_ids: list[str]
     sizes: np.ndarray
     item_rows: np.ndarray
-    retrieval_scores: np.ndarray
+    sources: np.ndarray  # the source that proposed each pair (training/candidates.py)
+    pair_features: dict[str, np.ndarray]  # row-aligned features of the (user, item) pair
 
     @property
     def pair_users(self) -> np.ndarray:
         return np.repeat(np.array(self.user_ids, dtype=object), self.sizes)
-
-
-def retrieve(model: RetrievalModel, user_ids: list[str], seen: dict[str, set[str]], n: int,
-             unavailable: set[str] = frozenset()) -> CandidateSet:
-    """ANN top-``n`` per user, excluding what they had and items not in the catalog yet.
-
-    Users without a vector get no candidates.
-    """
-    known = [u for u in user_ids if u in model.user_row]
-    queries = model.user_vectors[[model.user_row[u] for u in known]]
-    absent = {model.item_row[i] for i in unavailable if i in model.item_row}
-    exclude = [absent | {model.item_row[i] for i in seen.get(u, ()) if i in model.item_row} for u in known]
-    results = search_excluding(model.index, queries, exclude, n)
-    sizes = np.array([len(rows) for rows, _ in results], dtype=np.int64)
-    item_rows = np.concatenate([rows for rows, _ in results]) if results else np.empty(0, np.int64)
-    query_rows = np.repeat(np.arange(len(known)), sizes)
-    return CandidateSet(
-        user_ids=known,
-        sizes=sizes,
-        item_rows=item_rows,
-        retrieval_scores=pair_scores(queries[query_rows], model.item_vectors[item_rows]),
-    )
 
 
 def candidate_features(model: RetrievalModel, store: FeatureStore, candidates: CandidateSet, ts: int) -> np.ndarray:
@@ -79,17 +57,18 @@ def candidate_features(model: RetrievalModel, store: FeatureStore, candidates: C
     users, items = features_as_of(store, candidates.user_ids, sorted(set(item_ids)), ts)
     user_rows = users.reindex(candidates.pair_users).reset_index(drop=True)
     item_rows = items.reindex(item_ids).reset_index(drop=True)
-    return ranker_matrix(user_rows, item_rows, ts, candidates.retrieval_scores)
+    return ranker_matrix(user_rows, item_rows, ts, candidates.pair_features)
 
 
 def rank(candidates: CandidateSet, scores: np.ndarray, k: int) -> dict[str, list[tuple[int, float]]]:
-    """Per user, the top ``k`` (item row, score) by ``scores`` (row-aligned with the candidates)."""
+    """Per user, the top ``k`` (item row, score) by ``scores`` (row-aligned with the candidates); -inf: left out."""
     ranked = {}
     start = 0
     for user, size in zip(candidates.user_ids, candidates.sizes, strict=True):
         rows = candidates.item_rows[start:start + size]
         s = scores[start:start + size]
         order = np.argsort(-s, kind="stable")[:k]
+        order = order[np.isfinite(s[order])]
         ranked[user] = [(int(rows[o]), float(s[o])) for o in order]
         start += size
     return ranked
@@ -99,11 +78,13 @@ POPULAR_WINDOW_DAYS = 30
 POPULAR_ITEMS = 1000
 
 
-def recent_popularity(dataset: Dataset, until_ts: int) -> pd.Series:
-    """Interaction counts of the most popular items over the last POPULAR_WINDOW_DAYS before ``until_ts``."""
-    ts = dataset.interactions["ts"]
-    recent = dataset.interactions[(ts >= until_ts - POPULAR_WINDOW_DAYS * DAY) & (ts < until_ts)]
-    return recent["item_id"].value_counts().head(POPULAR_ITEMS)
+def recent_popularity(interactions: pd.DataFrame, until_ts: int) -> pd.Series:
+    """Interaction counts of the most popular items over the last POPULAR_WINDOW_DAYS before ``until_ts``
+    (ties by item id, so the order is reproducible)."""
+    ts = interactions["ts"]
+    recent = interactions[(ts >= until_ts - POPULAR_WINDOW_DAYS * DAY) & (ts < until_ts)]
+    counts = recent["item_id"].value_counts().sort_index()
+    return counts.sort_values(ascending=False, kind="stable").head(POPULAR_ITEMS)
 
 
 def popularity_ranking(
