@@ -87,13 +87,13 @@ def real_reference_rows(home: Path) -> tuple[np.ndarray, list[str]]:
     from serving.model import load_model
     from training.bundle import latest_bundle
     from training.dataset import Dataset
-    from training.pipeline import TrainConfig, serving_sample
+    from training.pipeline import serving_sample
 
     settings = Settings(home=home)
     model = load_model(latest_bundle(settings.bundles_dir))
     store = open_store(settings.profile, settings.features_dir, settings.project, settings.redis_url)
-    features, scores, sizes = serving_sample(Dataset.load(settings.data_dir), model.retrieval, store,
-                                             model.ranker.score, TrainConfig().n_candidates)
+    features, scores, sizes = serving_sample(Dataset.load(settings.data_dir), model.candidates, store,
+                                             model.ranker.score)
     rows = sampled_rows(sizes)
     values = np.column_stack([features[rows].astype(np.float64), scores[rows]])
     return values, [*model.manifest.ranker_features, SCORE]
