@@ -36,6 +36,9 @@ app.add_typer(benchmark_app, name="benchmark")
 
 console = Console(stderr=True, soft_wrap=True)
 Home = Annotated[Path | None, typer.Option("--home", help="Work directory (default: $RECSYS_HOME or ./recsys-work).")]
+ImpressionLogs = Annotated[Path | None, typer.Option(
+    help="Impression log or logs directory (default: the work directory's logs).")]
+FeedbackLog = Annotated[Path | None, typer.Option(help="Feedback log (default: feedback.jsonl beside it).")]
 
 
 class CliError(Exception):
@@ -375,9 +378,8 @@ def skew_command(
 @app.command("drift")
 @handle_errors
 def drift_command(
-    logs: Annotated[Path | None, typer.Option(help="Impression log or logs directory (default: the work "
-                                                   "directory's logs).")] = None,
-    feedback: Annotated[Path | None, typer.Option(help="Feedback log (default: feedback.jsonl beside it).")] = None,
+    logs: ImpressionLogs = None,
+    feedback: FeedbackLog = None,
     bundle: Annotated[Path | None, typer.Option(help="Bundle whose reference to compare with (default: the "
                                                      "newest).")] = None,
     window_s: Annotated[float, typer.Option("--window-s", min=1, help="The window: the log's last seconds.")] = 3600.0,
@@ -543,9 +545,8 @@ def simulate_command(
 @app.command("ab-report")
 @handle_errors
 def ab_report_command(
-    logs: Annotated[Path | None, typer.Option(help="Impression log or logs directory (default: the work "
-                                                   "directory's logs).")] = None,
-    feedback: Annotated[Path | None, typer.Option(help="Feedback log (default: feedback.jsonl beside it).")] = None,
+    logs: ImpressionLogs = None,
+    feedback: FeedbackLog = None,
     experiments: Annotated[Path | None, typer.Option(
         help="Experiments config for the shares and control (default: $RECSYS_EXPERIMENTS).")] = None,
     control: Annotated[str | None, typer.Option(help="Control arm (default: the config's, or the first).")] = None,
@@ -670,7 +671,7 @@ def ope_command(
     logs: Annotated[Path | None, typer.Option(
         help="Impression log (JSON lines) or logs directory, or flattened rows (CSV/Parquet; see docs/ope.md). "
              "Default: the work directory's logs.")] = None,
-    feedback: Annotated[Path | None, typer.Option(help="Feedback log (default: feedback.jsonl beside it).")] = None,
+    feedback: FeedbackLog = None,
     window_s: Annotated[float, typer.Option("--window-s", help="Attribution window after an impression.")] = 3600.0,
     event: Annotated[list[str] | None, typer.Option(help="Feedback event counted as reward (repeatable).")] = None,
     target_policy: Annotated[str | None, typer.Option(
