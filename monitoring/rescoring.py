@@ -64,7 +64,7 @@ def _pair_features(model: ServingModel, user_id: str, seen: list[str] | None, re
     item_row = model.retrieval.item_row
     known = np.array([i in item_row for i in item_ids], dtype=bool)
     rows = np.array([item_row.get(i, 0) for i in item_ids], dtype=np.int64)
-    features = pair_features(model.candidates, request, rows, {s: set(r.tolist()) for s, r in proposed.items()})
+    features = pair_features(model.candidates, request, rows, proposed)
     for values in features.values():  # items the bundle does not know: no score, in no source
         values[~known] = 0.0
     return features

@@ -116,6 +116,7 @@ class HttpError(Exception):
 class _Connection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
         self.reader, self.writer = reader, writer
+        self.idle_since = 0.0
 
     def close(self) -> None:
         self.writer.close()
@@ -123,22 +124,33 @@ class _Connection:
 
 class HttpPool:
     """At most ``max_connections`` keep-alive connections to one host; requests beyond that wait
-    for a free connection (the wait counts in their latency)."""
+    for a free connection (the wait counts in their latency).
 
-    def __init__(self, url: str, max_connections: int = 256):
+    A connection idle for ``idle_timeout_s`` is closed instead of reused: the server may be closing
+    it at that very moment (uvicorn closes keep-alive connections idle for 5 s), and a request
+    written into a closing connection fails with no answer. After a burst has opened many
+    connections, the ones left idle would otherwise fail the next burst's requests.
+    """
+
+    def __init__(self, url: str, max_connections: int = 256, idle_timeout_s: float = 4.0):
         parts = urlsplit(url)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"--url must be http://HOST[:PORT], got {url!r}")
         self.host, self.port = parts.hostname, parts.port or 80
         self.prefix = parts.path.rstrip("/")
         self.max_connections = max_connections
+        self.idle_timeout_s = idle_timeout_s
         self.idle: list[_Connection] = []
         self.open = 0
         self.waiters: deque[asyncio.Future] = deque()
 
     async def _acquire(self) -> _Connection:
-        if self.idle:
-            return self.idle.pop()
+        while self.idle:
+            connection = self.idle.pop()
+            if time.monotonic() - connection.idle_since < self.idle_timeout_s:
+                return connection
+            connection.close()
+            self.open -= 1
         if self.open >= self.max_connections:
             waiter = asyncio.get_running_loop().create_future()
             self.waiters.append(waiter)
@@ -172,6 +184,7 @@ class HttpPool:
             if not waiter.done():
                 waiter.set_result(connection)
                 return
+        connection.idle_since = time.monotonic()
         self.idle.append(connection)
 
     async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:

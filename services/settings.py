@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     port: int = 8000
     # API worker processes (each with its own model copy, caches and one native thread per library).
     workers: int = Field(1, ge=1, le=64)
+    # Threads per worker that run /recommend requests (never the event loop; docs/performance.md).
+    request_threads: int = Field(1, ge=1, le=64)
 
     @model_validator(mode="after")
     def _check_policy(self) -> Settings:

@@ -43,7 +43,11 @@ def test_covisitation_counts_pairs_within_the_window_of_one_users_sequence() -> 
     wider = build_covisitation(frame, ROW, len(ITEMS), window=2, neighbours=10)
     assert 2 in wider.indices[wider.indptr[0]:wider.indptr[1]]
     # the scores of seeds: mean of their rows
-    np.testing.assert_allclose(covis.scores(np.array([0, 1])), [1 / 3, 1 / 2, 1 / 6, 0, 0, 0, 0, 0], rtol=1e-6)
+    scores = covis.scores(np.array([0, 1]))
+    assert scores.rows.tolist() == [0, 1, 2]  # only the items the seeds co-visit are held
+    np.testing.assert_allclose(scores.at(np.arange(len(ITEMS))), [1 / 3, 1 / 2, 1 / 6, 0, 0, 0, 0, 0], rtol=1e-6)
+    assert scores.at(np.array([7, 2, 7])).tolist() == [0, np.float32(1 / 6), 0]  # any order, repeats
+    assert covis.scores(np.array([3])).at(np.array([0, 1])).tolist() == [0, 0]  # a seed with no neighbours
 
 
 def test_covisitation_keeps_the_top_neighbours_and_round_trips(tmp_path) -> None:

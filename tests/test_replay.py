@@ -97,6 +97,40 @@ def test_open_loop_sends_on_schedule_while_earlier_requests_are_still_waiting():
     assert set(report["latency_ms"]) == {"p50", "p90", "p99", "max", "mean"}
 
 
+def test_a_connection_idle_past_the_pool_limit_is_not_reused():
+    """A server that closes keep-alive connections idle for 0.3 s (uvicorn does at 5 s) answers
+    the next request only if the pool opened a fresh connection instead of writing into the
+    closed one."""
+    from services.replay import HttpError, HttpPool
+
+    async def scenario(idle_timeout_s: float) -> list[str]:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while True:
+                try:
+                    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 0.3)
+                except (TimeoutError, asyncio.IncompleteReadError):
+                    break
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        pool = HttpPool(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", idle_timeout_s=idle_timeout_s)
+        outcomes = []
+        async with server:
+            for pause in (0.0, 0.6):
+                await asyncio.sleep(pause)
+                try:
+                    outcomes.append(str((await pool.request("GET", "/"))[0]))
+                except (HttpError, OSError) as exc:
+                    outcomes.append(type(exc).__name__)
+            pool.close()
+        return outcomes
+
+    assert asyncio.run(scenario(idle_timeout_s=0.1)) == ["200", "200"]
+    assert asyncio.run(scenario(idle_timeout_s=60.0))[1] != "200"  # what reusing the stale connection gives
+
+
 def test_transport_errors_are_counted_not_raised(tmp_path):
     from conftest import free_port
 

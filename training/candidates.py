@@ -15,12 +15,13 @@ The training-set builder, offline evaluation, batch recommendation and serving a
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from training.covisitation import Covisitation, build_covisitation
+from training.covisitation import Covisitation, SeedScores, build_covisitation
 from training.dataset import Dataset
 from training.features import realtime_states, seen_items, unavailable_items
 from training.ranker_features import PAIR_FEATURES
@@ -121,9 +122,11 @@ def two_tower_scores(retrieval: RetrievalModel, user_id: str, rows: np.ndarray) 
     return pair_scores(retrieval.user_vectors[user_row], retrieval.item_vectors[rows])
 
 
-def _excluded_rows(model: CandidatesModel, request: CandidateRequest, unavailable: set[int]) -> set[int]:
+def _excluded_rows(model: CandidatesModel, request: CandidateRequest, unavailable: set[int]) -> np.ndarray:
+    """The rows no source may propose to this request (seen or not yet available), sorted."""
     item_row = model.retrieval.item_row
-    return unavailable | {item_row[i] for i in request.seen if i in item_row}
+    seen = [item_row[i] for i in request.seen if i in item_row]
+    return np.unique(np.fromiter(itertools.chain(unavailable, seen), dtype=np.int64))
 
 
 def _seed_rows(model: CandidatesModel, request: CandidateRequest) -> np.ndarray:
@@ -132,24 +135,28 @@ def _seed_rows(model: CandidatesModel, request: CandidateRequest) -> np.ndarray:
     return np.array(seeds, dtype=np.int64)
 
 
-def _top_allowed(scores: np.ndarray, exclude: set[int], n: int) -> np.ndarray:
-    """Rows of the ``n`` highest positive scores outside ``exclude``, best first (ties by row)."""
-    rows = np.flatnonzero(scores > 0)
-    rows = rows[np.lexsort((rows, -scores[rows]))]
-    if exclude:
-        rows = rows[~np.isin(rows, np.fromiter(exclude, dtype=np.int64))]
-    return rows[:n]
+def _allowed(rows: np.ndarray, excluded: np.ndarray) -> np.ndarray:
+    return rows[~np.isin(rows, excluded)] if len(excluded) else rows
+
+
+def _top_allowed(scores: SeedScores, excluded: np.ndarray, n: int) -> np.ndarray:
+    """Rows of the ``n`` highest positive scores outside ``excluded``, best first (ties by row)."""
+    positive = scores.values > 0
+    rows, values = scores.rows[positive], scores.values[positive]
+    keep = ~np.isin(rows, excluded) if len(excluded) else slice(None)
+    rows, values = rows[keep], values[keep]
+    return rows[np.lexsort((rows, -values))][:n]
 
 
 def pair_features(model: CandidatesModel, request: CandidateRequest, rows: np.ndarray,
-                  members: dict[str, set[int]]) -> dict[str, np.ndarray]:
+                  members: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The pair features of ``rows`` for one request; ``members``: the rows each source proposed."""
     covis = model.covisitation.scores(_seed_rows(model, request))
     return {
         "retrieval_score": two_tower_scores(model.retrieval, request.user_id, rows),
-        "covis_score": covis[rows],
+        "covis_score": covis.at(rows),
         "popular_count_30d": model.popularity[rows],
-        **{f"in_{source}": np.isin(rows, list(members[source])).astype(np.float32) for source in SOURCES},
+        **{f"in_{source}": np.isin(rows, members[source]).astype(np.float32) for source in SOURCES},
     }
 
 
@@ -167,12 +174,9 @@ def source_rows(model: CandidatesModel, requests: list[CandidateRequest],
             ann[i] = rows
     out = []
     for i, request in enumerate(requests):
-        seeds = _seed_rows(model, request)
-        covis = (_top_allowed(model.covisitation.scores(seeds), excluded[i], settings.n_covis)
-                 if len(seeds) else np.empty(0, np.int64))
-        popular = model.popular_rows
-        if excluded[i]:
-            popular = popular[~np.isin(popular, np.fromiter(excluded[i], dtype=np.int64))]
+        covis = _top_allowed(model.covisitation.scores(_seed_rows(model, request)), excluded[i], settings.n_covis)
+        # excluded rows can take at most len(excluded) places of the first n_popular + len(excluded)
+        popular = _allowed(model.popular_rows[: settings.n_popular + len(excluded[i])], excluded[i])
         out.append({SOURCE_ANN: ann[i], SOURCE_COVIS: covis, SOURCE_POPULAR: popular[: settings.n_popular]})
     return out
 
@@ -186,15 +190,14 @@ def generate(model: CandidatesModel, requests: list[CandidateRequest],
     per_request = source_rows(model, requests, unavailable)
     sizes, rows_out, sources_out, features_out = [], [], [], []
     for request, proposed in zip(requests, per_request, strict=True):
-        merged = pd.unique(np.concatenate([proposed[s] for s in SOURCES])).astype(np.int64)
-        first = np.empty(len(merged), dtype=object)
-        for source in reversed(SOURCES):  # the earliest source that proposed a row wins
-            first[np.isin(merged, proposed[source])] = source
-        members = {s: set(proposed[s].tolist()) for s in SOURCES}
+        proposals = np.concatenate([proposed[s] for s in SOURCES]).astype(np.int64)
+        proposer = np.repeat(np.arange(len(SOURCES)), [len(proposed[s]) for s in SOURCES])
+        first = np.sort(np.unique(proposals, return_index=True)[1])  # the earliest source that proposed a row wins
+        merged = proposals[first]
         sizes.append(len(merged))
         rows_out.append(merged)
-        sources_out.append(first)
-        features_out.append(pair_features(model, request, merged, members))
+        sources_out.append(np.asarray(SOURCES, dtype=object)[proposer[first]])
+        features_out.append(pair_features(model, request, merged, proposed))
     return CandidateSet(
         user_ids=[r.user_id for r in requests],
         sizes=np.array(sizes, dtype=np.int64),

@@ -12,14 +12,17 @@ rescoring logged requests) computes the score with :func:`pair_scores` instead.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import faiss
 import numpy as np
 
 
 def search_excluding(
-    index: faiss.Index, queries: np.ndarray, exclude: list[set[int]], n: int
+    index: faiss.Index, queries: np.ndarray, exclude: list[Collection[int]], n: int
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per query: up to ``n`` (item rows, scores), best first, with ``exclude[q]`` removed.
+    """Per query: up to ``n`` (item rows, scores), best first, with ``exclude[q]`` (rows: a set or an
+    array) removed.
 
     Fewer than ``n`` come back only when the index holds fewer than ``n`` allowed items.
     """
@@ -31,10 +34,14 @@ def search_excluding(
     results = []
     for q in range(len(queries)):
         valid = rows[q] >= 0
-        if exclude[q]:
-            valid &= ~np.isin(rows[q], np.fromiter(exclude[q], dtype=np.int64))
+        if len(exclude[q]):
+            valid &= ~np.isin(rows[q], _as_rows(exclude[q]))
         results.append((rows[q][valid][:n].astype(np.int64), scores[q][valid][:n]))
     return results
+
+
+def _as_rows(rows: Collection[int]) -> np.ndarray:
+    return rows if isinstance(rows, np.ndarray) else np.fromiter(rows, dtype=np.int64, count=len(rows))
 
 
 def pair_scores(user_vectors: np.ndarray, item_vectors: np.ndarray) -> np.ndarray:
