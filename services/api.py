@@ -25,6 +25,9 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Res
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
+from redis import Redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from feature_repo.store import MATERIALIZED_MARKER, open_store
 from monitoring.drift import DriftCounts
@@ -36,9 +39,10 @@ from serving.event_log import FEEDBACK_FILE, IMPRESSIONS_FILE, FeedbackRecord, L
 from serving.experiments import CURRENT, load_experiment
 from serving.exploration import make_policy
 from serving.model import ServingModel, load_model
-from serving.online_features import OnlineFeatures
+from serving.online_features import USER_VIEWS, OnlineFeatures
 from serving.realtime_features import InteractionEvent, RealtimeUpdater
 from serving.recommender import Recommendation, Recommender, StageBudgets
+from serving.redis_rows import RedisRows
 from serving.store_guard import StoreGuard
 from training.bundle import DRIFT_REFERENCE, BundleError, latest_bundle
 from training.features import next_snapshot
@@ -144,7 +148,14 @@ class Runtime:
         model = load_model(settings.bundle or latest_bundle(settings.bundles_dir))
         marker = self.marker = settings.features_dir / MATERIALIZED_MARKER
         guard = StoreGuard(settings.store_timeout_ms / 1000, settings.store_retry_after_s)
-        self.features = OnlineFeatures(store, marker=marker, pinned_items=set(model.popular_items), guard=guard)
+        user_rows = None
+        if settings.profile == "redis":
+            client = Redis.from_url(settings.redis_url, socket_timeout=STORE_SOCKET_TIMEOUT_S,
+                                    socket_connect_timeout=STORE_SOCKET_TIMEOUT_S, retry=Retry(NoBackoff(), 0))
+            user_rows = RedisRows(client, settings.project, "user_id", USER_VIEWS,
+                                  store.config.entity_key_serialization_version)
+        self.features = OnlineFeatures(store, marker=marker, pinned_items=set(model.popular_items), guard=guard,
+                                       user_rows=user_rows)
         self.features.warm_up(model.retrieval.item_ids)
         budgets = StageBudgets(settings.retrieval_budget_ms / 1000, settings.ranking_budget_ms / 1000)
         self.impressions = LogWriter(settings.logs_dir / IMPRESSIONS_FILE)

@@ -40,7 +40,7 @@ import json
 import math
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -119,7 +119,8 @@ class LogWriter:
         os.close(self._fd)
 
     def _append(self, records: list[ImpressionRecord | FeedbackRecord]) -> None:
-        data = "".join(json.dumps(asdict(r), separators=(",", ":")) + "\n" for r in records).encode()
+        # default=vars encodes the dataclasses in place (asdict would deep-copy every record first)
+        data = "".join(json.dumps(r, default=vars, separators=(",", ":")) + "\n" for r in records).encode()
         view = memoryview(data)
         while view:  # a regular file takes it all at once unless the disk is full or a signal lands
             view = view[os.write(self._fd, view):]

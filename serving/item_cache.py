@@ -7,7 +7,7 @@ through Feast that is one store round trip plus protobuf decoding for every item
 - the catalog is loaded at start-up (:meth:`ItemFeatureCache.load`), in bulk, so that requests
   do not fill it one miss at a time against their deadlines (on the 100k-item medium world the
   misses alone kept requests over budget for minutes);
-- LRU over at most ``capacity`` items, each entry valid for ``ttl_s`` seconds. Once the catalog is
+- least recently used entries go beyond ``capacity`` items, each entry valid for ``ttl_s`` seconds. Once the catalog is
   loaded, an expired entry is still served and a background thread re-reads the due entries in one
   call every ``refresh_every_s`` (refresh-ahead: a request never waits on a re-read; reading a few
   expired items inside each request cost ~3 ms of its ~6). Loaded entries get fetch times spread
@@ -20,7 +20,7 @@ through Feast that is one store round trip plus protobuf decoding for every item
   NaN, and the lookup says so.
 
 Rows are kept in one float64 matrix (item features are numeric), so a lookup of 300 items is a
-dict probe per item and one fancy-indexing copy, not a DataFrame build.
+dict probe per item and vectorised freshness checks and copies, not a DataFrame build.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -55,9 +54,11 @@ class ItemFeatureCache:
         self.clock = clock
         self.hits = 0
         self.misses = 0
-        self._slots: OrderedDict[str, int] = OrderedDict()  # item → its row in _values, least recent first
+        self._slots: dict[str, int] = {}  # item → its row in _values
         self._values = np.empty((0, len(columns)), dtype=np.float64)
         self._fetched_at = np.empty(0, dtype=np.float64)
+        self._used_at = np.empty(0, dtype=np.int64)  # per slot: the lookup that last used it (LRU eviction)
+        self._lookups = 0
         self._free: list[int] = []
         self._lock = threading.Lock()
         self._marker_seen = self._marker_version()
@@ -127,21 +128,22 @@ class ItemFeatureCache:
         missing: dict[str, list[int]] = {}
         expired: dict[str, int] = {}  # item → its slot, served if the store cannot refresh it
         with self._lock:
-            hit_positions, hit_slots = [], []
-            for position, item in enumerate(item_ids):
-                slot = self._slots.get(item)
-                fresh = slot is not None and now - self._fetched_at[slot] < self.ttl_s
-                if fresh or (slot is not None and self._refresher is not None):
-                    hit_positions.append(position)
-                    hit_slots.append(slot)
-                    self._slots.move_to_end(item)
-                    if not fresh:
-                        self._due.add(item)
-                else:
-                    missing.setdefault(item, []).append(position)
-                    if slot is not None:
-                        expired[item] = slot
-            out[hit_positions] = self._values[hit_slots]
+            slots = np.fromiter((self._slots.get(item, -1) for item in item_ids), dtype=np.int64, count=len(item_ids))
+            cached = slots >= 0
+            fresh = cached.copy()
+            fresh[cached] = now - self._fetched_at[slots[cached]] < self.ttl_s
+            # once the catalog is loaded, expired rows are served and refreshed ahead (refresh_due)
+            served = cached if self._refresher is not None else fresh
+            out[served] = self._values[slots[served]]
+            for position in np.flatnonzero(served & ~fresh):
+                self._due.add(item_ids[position])
+            for position in np.flatnonzero(~served):
+                item = item_ids[position]
+                missing.setdefault(item, []).append(int(position))
+                if cached[position]:
+                    expired[item] = int(slots[position])
+            self._lookups += 1
+            self._used_at[slots[cached]] = self._lookups
         self.hits += len(item_ids) - sum(map(len, missing.values()))
         self.misses += len(missing)
         failed = False
@@ -180,10 +182,11 @@ class ItemFeatureCache:
                 grown = max(1024, 2 * size)
                 self._values = np.concatenate([self._values, np.empty((grown - size, len(self.columns)))])
                 self._fetched_at = np.concatenate([self._fetched_at, np.zeros(grown - size)])
+                self._used_at = np.concatenate([self._used_at, np.zeros(grown - size, dtype=np.int64)])
                 self._free = list(range(grown - 1, size - 1, -1))
             slot = self._free.pop()
+            self._used_at[slot] = self._lookups
         self._slots[item] = slot
-        self._slots.move_to_end(item)
         self._values[slot] = row
         self._fetched_at[slot] = now
 
@@ -192,14 +195,10 @@ class ItemFeatureCache:
         excess = len(self._slots) - self.capacity
         if excess <= 0:
             return
-        victims = []
-        for item in self._slots:  # oldest first; stops as soon as enough are found
-            if item not in self.pinned:
-                victims.append(item)
-                if len(victims) == excess:
-                    break
-        for item in victims:
-            self._free.append(self._slots.pop(item))
+        items = [item for item in self._slots if item not in self.pinned]
+        slots = np.array([self._slots[item] for item in items], dtype=np.int64)
+        for i in np.argsort(self._used_at[slots], kind="stable")[:excess]:
+            self._free.append(self._slots.pop(items[i]))
 
     def _marker_version(self) -> float | None:
         try:

@@ -1,8 +1,9 @@
 """Reading a request's features from the online store (SQLite embedded, Redis in production).
 
-One Feast call for the user (activity, seen items, real-time state), and item features for all
-candidates through the in-process cache (``serving/item_cache.py``), which falls back to one Feast
-call for the items it misses. Columns come back under the same names as the offline
+One read for the user (activity, seen items, real-time state): on Redis one ``HMGET`` of the hash
+Feast wrote (``serving/redis_rows.py``), otherwise one Feast call. Item features for all
+candidates come through the in-process cache (``serving/item_cache.py``), which falls back to one
+Feast call for the items it misses. Columns come back under the same names as the offline
 point-in-time join's, so the shared ``ranker_matrix`` turns either into the ranker's input.
 
 Every store call goes through a :class:`StoreGuard` (deadline + circuit breaker). When the store
@@ -29,8 +30,10 @@ from feature_repo.definitions import (
     feature_refs,
 )
 from serving.item_cache import ItemColumns, ItemFeatureCache
+from serving.redis_rows import RedisRows
 from serving.store_guard import StoreGuard, StoreUnavailable
 
+USER_VIEWS = [USER_ACTIVITY, USER_HISTORY, USER_REALTIME]
 USER_FEATURES = feature_names(USER_ACTIVITY) + feature_names(USER_REALTIME)
 ITEM_FEATURES = feature_names(ITEM_ACTIVITY) + feature_names(ITEM_ATTRIBUTES)
 READINESS_TIMEOUT_S = 2.0
@@ -45,10 +48,12 @@ class UserFeatures:
 
 class OnlineFeatures:
     def __init__(self, store: FeatureStore, marker: Path | None = None, pinned_items: set[str] | None = None,
-                 cache_ttl_s: float = 300.0, guard: StoreGuard | None = None, last_known_users: int = 100_000):
+                 cache_ttl_s: float = 300.0, guard: StoreGuard | None = None, last_known_users: int = 100_000,
+                 user_rows: RedisRows | None = None):
         self.store = store
+        self.user_rows = user_rows  # the direct Redis read of users; None: through Feast
         self.guard = guard or StoreGuard()
-        self._user_refs = feature_refs(USER_ACTIVITY, USER_HISTORY, USER_REALTIME)
+        self._user_refs = feature_refs(*USER_VIEWS)
         self._item_refs = feature_refs(ITEM_ACTIVITY, ITEM_ATTRIBUTES)
         self.item_cache = ItemFeatureCache(self._guarded_fetch, ITEM_FEATURES, marker=marker, ttl_s=cache_ttl_s,
                                            pinned=pinned_items)
@@ -70,10 +75,14 @@ class OnlineFeatures:
         return features
 
     def fetch_user(self, user_id: str) -> UserFeatures:
-        """The user's row straight from the store: one Feast call, unguarded."""
-        row = self.store.get_online_features(features=self._user_refs, entity_rows=[{"user_id": user_id}]).to_dict()
-        seen = set(row["u_seen_items"][0] or []) | set(row["rt_recent_items"][0] or [])
-        return UserFeatures(values={name: row[name][0] for name in USER_FEATURES}, seen_items=seen)
+        """The user's row straight from the store (one round trip), unguarded."""
+        if self.user_rows is not None:
+            row = self.user_rows.read(user_id)
+        else:
+            data = self.store.get_online_features(features=self._user_refs, entity_rows=[{"user_id": user_id}])
+            row = {name: values[0] for name, values in data.to_dict().items()}
+        seen = set(row["u_seen_items"] or []) | set(row["rt_recent_items"] or [])
+        return UserFeatures(values={name: row[name] for name in USER_FEATURES}, seen_items=seen)
 
     def items(self, item_ids: list[str]) -> tuple[ItemColumns, bool]:
         """Feature columns in the order of ``item_ids`` (missing items give NaN), cached; and whether

@@ -24,6 +24,7 @@ has not seen.
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 import zlib
@@ -134,7 +135,7 @@ class Recommender:
             degraded = True
         timer.lap("retrieval")
 
-        candidate_ids = [model.retrieval.item_ids[r] for r in rows]
+        candidate_ids = model.retrieval.item_id_array[rows].tolist()
         items, items_failed = self.features.items(candidate_ids)
         degraded |= items_failed
         timer.lap("features")
@@ -206,11 +207,11 @@ class Recommender:
                     candidate_ids: list[str], k: int, context: dict, scores: np.ndarray,
                     slate: Slate) -> ImpressionRecord:
         top = np.argsort(-scores, kind="stable")[: self.log_candidates]
-        position_of = {item_id: i for i, item_id in enumerate(candidate_ids)}
-        served = {
-            it.item_id: _jsonable({name: values[position_of[it.item_id]] for name, values in items.items()})
-            for it in result.items if it.item_id in position_of
-        }
+        names = list(items)
+        # the policy's picks are the candidates at slate.rows (popular fill-ins have no features read)
+        values = np.column_stack([items[name][slate.rows] for name in names]).tolist() if names else []
+        served = {candidate_ids[r]: {name: None if math.isnan(v) else v for name, v in zip(names, row, strict=True)}
+                  for r, row in zip(slate.rows, values, strict=True)}
         sample = result.drift_sample()
         return ImpressionRecord(
             request_id=result.request_id,
@@ -224,7 +225,7 @@ class Recommender:
             timings_ms=dict(result.timings_ms),
             k=k,
             context=context,
-            candidates={"item_ids": [candidate_ids[r] for r in top], "scores": [float(scores[r]) for r in top]},
+            candidates={"item_ids": [candidate_ids[r] for r in top], "scores": scores[top].astype(float).tolist()},
             slate_propensity=slate.slate_propensity,
             policy_state=slate.state,
             degraded=result.degraded,

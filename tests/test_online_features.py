@@ -15,8 +15,9 @@ import redis
 from feature_repo.definitions import RECENT_ITEMS, USER_REALTIME, feature_refs
 from feature_repo.store import MATERIALIZED_MARKER, apply, materialize, open_store
 from serving.item_cache import ItemFeatureCache
-from serving.online_features import ITEM_FEATURES, OnlineFeatures
+from serving.online_features import ITEM_FEATURES, USER_VIEWS, OnlineFeatures
 from serving.realtime_features import InteractionEvent, RealtimeUpdater
+from serving.redis_rows import RedisRows
 from serving.store_guard import StoreGuard, StoreUnavailable
 from training.features import build_feature_tables, next_snapshot, realtime_state
 from training.simulator import SimConfig, Simulator
@@ -174,6 +175,34 @@ def test_feedback_events_are_pushed_in_batches_and_readable(world, materialized_
     fresh = store.get_online_features(features=feature_refs(USER_REALTIME),
                                       entity_rows=[{"user_id": "brand-new-user"}]).to_dict()
     assert fresh["rt_recent_items"] == [["i001"]]
+
+
+def test_the_direct_redis_read_of_a_user_equals_feasts(world, tmp_path):
+    """serving/redis_rows.py reads the hash Feast writes: every user feature, for users with and
+    without history, after a push of real-time events, and for a user the store never saw."""
+    project = f"rows_test_{uuid.uuid4().hex[:8]}"
+    store = open_store("redis", tmp_path, project, REDIS_URL)
+    build_feature_tables(world).write(tmp_path)
+    apply(store, tmp_path)
+    materialize(store, 0, next_snapshot(world.end_ts))
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        clock_ts = next_snapshot(world.end_ts) + 5.5
+        pushed = world.interactions["user_id"].iloc[-1]
+        updater = RealtimeUpdater(store, clock=lambda: clock_ts)
+        updater.submit(InteractionEvent(pushed, "new-0", int(clock_ts)))
+        updater.close()
+        rows = RedisRows(client, project, "user_id", USER_VIEWS, store.config.entity_key_serialization_version)
+        direct, through_feast = OnlineFeatures(store, user_rows=rows), OnlineFeatures(store)
+        users = [*world.users["user_id"][:20], pushed, "never-seen"]
+        for user in users:
+            assert direct.fetch_user(user) == through_feast.fetch_user(user), user
+        assert direct.fetch_user(pushed).values["rt_recent_items"][0] == "new-0"
+        assert direct.fetch_user("never-seen").values["u_events_total"] is None
+        assert sum(bool(direct.fetch_user(u).seen_items) for u in users) > 10  # real rows were compared
+    finally:
+        for key in client.scan_iter(match=b"*" + project.encode()):
+            client.delete(key)
 
 
 def test_online_item_reads_match_the_store_and_are_cached(world, materialized_store):

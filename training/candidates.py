@@ -16,6 +16,7 @@ The training-set builder, offline evaluation, batch recommendation and serving a
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -135,23 +136,20 @@ def _seed_rows(model: CandidatesModel, request: CandidateRequest) -> np.ndarray:
     return np.array(seeds, dtype=np.int64)
 
 
-def _allowed(rows: np.ndarray, excluded: np.ndarray) -> np.ndarray:
-    return rows[~np.isin(rows, excluded)] if len(excluded) else rows
-
-
-def _top_allowed(scores: SeedScores, excluded: np.ndarray, n: int) -> np.ndarray:
-    """Rows of the ``n`` highest positive scores outside ``excluded``, best first (ties by row)."""
-    positive = scores.values > 0
-    rows, values = scores.rows[positive], scores.values[positive]
-    keep = ~np.isin(rows, excluded) if len(excluded) else slice(None)
-    rows, values = rows[keep], values[keep]
+def _top_allowed(scores: SeedScores, blocked: np.ndarray, n: int) -> np.ndarray:
+    """Rows of the ``n`` highest positive scores not ``blocked`` (a mask over item rows), best first
+    (ties by row)."""
+    keep = (scores.values > 0) & ~blocked[scores.rows]
+    rows, values = scores.rows[keep], scores.values[keep]
     return rows[np.lexsort((rows, -values))][:n]
 
 
 def pair_features(model: CandidatesModel, request: CandidateRequest, rows: np.ndarray,
-                  members: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The pair features of ``rows`` for one request; ``members``: the rows each source proposed."""
-    covis = model.covisitation.scores(_seed_rows(model, request))
+                  members: dict[str, np.ndarray], covis: SeedScores | None = None) -> dict[str, np.ndarray]:
+    """The pair features of ``rows`` for one request; ``members``: the rows each source proposed;
+    ``covis``: the request's co-visitation scores when the caller has them already."""
+    if covis is None:
+        covis = model.covisitation.scores(_seed_rows(model, request))
     return {
         "retrieval_score": two_tower_scores(model.retrieval, request.user_id, rows),
         "covis_score": covis.at(rows),
@@ -160,9 +158,9 @@ def pair_features(model: CandidatesModel, request: CandidateRequest, rows: np.nd
     }
 
 
-def source_rows(model: CandidatesModel, requests: list[CandidateRequest],
-                unavailable: set[int] = frozenset()) -> list[dict[str, np.ndarray]]:
-    """Per request, the rows each source proposes, best first."""
+def _proposals(model: CandidatesModel, requests: list[CandidateRequest],
+               unavailable: set[int]) -> Iterator[tuple[dict[str, np.ndarray], SeedScores]]:
+    """Per request, the rows each source proposes (best first) and its co-visitation scores."""
     settings, retrieval = model.settings, model.retrieval
     excluded = [_excluded_rows(model, r, unavailable) for r in requests]
     known = [i for i, r in enumerate(requests) if r.user_id in retrieval.user_row]
@@ -172,13 +170,22 @@ def source_rows(model: CandidatesModel, requests: list[CandidateRequest],
         for i, (rows, _) in zip(known, search_excluding(retrieval.index, queries, [excluded[i] for i in known],
                                                         settings.n_ann), strict=True):
             ann[i] = rows
-    out = []
+    blocked = np.zeros(len(retrieval.item_ids), dtype=bool)
     for i, request in enumerate(requests):
-        covis = _top_allowed(model.covisitation.scores(_seed_rows(model, request)), excluded[i], settings.n_covis)
+        blocked[excluded[i]] = True
+        covis = model.covisitation.scores(_seed_rows(model, request))
         # excluded rows can take at most len(excluded) places of the first n_popular + len(excluded)
-        popular = _allowed(model.popular_rows[: settings.n_popular + len(excluded[i])], excluded[i])
-        out.append({SOURCE_ANN: ann[i], SOURCE_COVIS: covis, SOURCE_POPULAR: popular[: settings.n_popular]})
-    return out
+        popular = model.popular_rows[: settings.n_popular + len(excluded[i])]
+        proposed = {SOURCE_ANN: ann[i], SOURCE_COVIS: _top_allowed(covis, blocked, settings.n_covis),
+                    SOURCE_POPULAR: popular[~blocked[popular]][: settings.n_popular]}
+        blocked[excluded[i]] = False
+        yield proposed, covis
+
+
+def source_rows(model: CandidatesModel, requests: list[CandidateRequest],
+                unavailable: set[int] = frozenset()) -> list[dict[str, np.ndarray]]:
+    """Per request, the rows each source proposes, best first."""
+    return [proposed for proposed, _ in _proposals(model, requests, unavailable)]
 
 
 def generate(model: CandidatesModel, requests: list[CandidateRequest],
@@ -187,9 +194,8 @@ def generate(model: CandidatesModel, requests: list[CandidateRequest],
 
     ``unavailable``: item rows not in the catalog at the request time (offline paths; serving is now).
     """
-    per_request = source_rows(model, requests, unavailable)
     sizes, rows_out, sources_out, features_out = [], [], [], []
-    for request, proposed in zip(requests, per_request, strict=True):
+    for request, (proposed, covis) in zip(requests, _proposals(model, requests, unavailable), strict=True):
         proposals = np.concatenate([proposed[s] for s in SOURCES]).astype(np.int64)
         proposer = np.repeat(np.arange(len(SOURCES)), [len(proposed[s]) for s in SOURCES])
         first = np.sort(np.unique(proposals, return_index=True)[1])  # the earliest source that proposed a row wins
@@ -197,7 +203,7 @@ def generate(model: CandidatesModel, requests: list[CandidateRequest],
         sizes.append(len(merged))
         rows_out.append(merged)
         sources_out.append(np.asarray(SOURCES, dtype=object)[proposer[first]])
-        features_out.append(pair_features(model, request, merged, proposed))
+        features_out.append(pair_features(model, request, merged, proposed, covis))
     return CandidateSet(
         user_ids=[r.user_id for r in requests],
         sizes=np.array(sizes, dtype=np.int64),

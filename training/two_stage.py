@@ -33,6 +33,7 @@ class RetrievalModel:
 
     def __post_init__(self) -> None:
         self.item_row = {item: i for i, item in enumerate(self.item_ids)}
+        self.item_id_array = np.array(self.item_ids, dtype=object)  # ids of many rows at once: item_id_array[rows]
         self.user_row = {user: i for i, user in enumerate(self.user_ids)}
 
 
