@@ -26,7 +26,7 @@ from training.covisitation import Covisitation, SeedScores, build_covisitation
 from training.dataset import Dataset
 from training.features import realtime_states, seen_items, unavailable_items
 from training.ranker_features import PAIR_FEATURES
-from training.retrieval import pair_scores, search_excluding
+from training.retrieval import in_sorted, pair_scores, search_excluding
 from training.two_stage import CandidateSet, RetrievalModel, recent_popularity
 
 SOURCE_ANN = "ann"
@@ -154,7 +154,7 @@ def pair_features(model: CandidatesModel, request: CandidateRequest, rows: np.nd
         "retrieval_score": two_tower_scores(model.retrieval, request.user_id, rows),
         "covis_score": covis.at(rows),
         "popular_count_30d": model.popularity[rows],
-        **{f"in_{source}": np.isin(rows, members[source]).astype(np.float32) for source in SOURCES},
+        **{f"in_{source}": in_sorted(rows, np.sort(members[source])).astype(np.float32) for source in SOURCES},
     }
 
 
