@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -329,8 +330,8 @@ def create_app(settings: Settings | None = None,
         runtime.metrics.observe_stages(result.timings_ms)
         if result.degraded:
             runtime.metrics.degraded.inc()
-        for item in result.items:
-            runtime.metrics.recommended_items.labels(source=item.source).inc()
+        for source, n in Counter(item.source for item in result.items).items():
+            runtime.metrics.recommended_items.labels(source=source).inc(n)
         explored = sum(1 for item in result.items if item.propensity < 1.0)
         if explored:
             runtime.metrics.explored_items.inc(explored)

@@ -1,8 +1,9 @@
 """A bounded queue drained in batches by one background thread: how serving does slow work off the request path.
 
 The impression/feedback log writers and the real-time feature pusher share this shape: a request
-hands over an item and returns at once; the thread takes what is queued (waiting up to ``window_s``
-after the first item for more, so one slow write serves many items) and hands the batch to
+hands over an item and returns at once; the thread takes what is queued (after the first item it
+sleeps ``window_s`` and then takes what came meanwhile, so one write and one thread wake-up serve
+many items) and hands the batch to
 ``handle``. A full queue refuses the item and counts it in ``dropped``: never a silent loss, never a
 blocked request. ``close()`` drains everything queued before it, then stops the thread.
 """
@@ -46,11 +47,12 @@ class BatchingWorker(Generic[T]):
     def _run(self) -> None:
         while True:
             batch = [self._queue.get()]
-            deadline = time.monotonic() + self.window_s
+            if self.window_s and batch[-1] is not _STOP:
+                # sleep through the window instead of waking on every item: one wake-up per batch
+                time.sleep(self.window_s)
             while len(batch) < self.max_batch and batch[-1] is not _STOP:
                 try:
-                    batch.append(self._queue.get(timeout=max(0.0, deadline - time.monotonic())) if self.window_s
-                                 else self._queue.get_nowait())
+                    batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
             items = [item for item in batch if item is not _STOP]

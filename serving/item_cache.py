@@ -26,6 +26,7 @@ dict probe per item and vectorised freshness checks and copies, not a DataFrame 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import threading
 import time
 from collections.abc import Callable
@@ -128,7 +129,7 @@ class ItemFeatureCache:
         missing: dict[str, list[int]] = {}
         expired: dict[str, int] = {}  # item → its slot, served if the store cannot refresh it
         with self._lock:
-            slots = np.fromiter((self._slots.get(item, -1) for item in item_ids), dtype=np.int64, count=len(item_ids))
+            slots = np.array(list(map(self._slots.get, item_ids, itertools.repeat(-1))), dtype=np.int64)
             cached = slots >= 0
             fresh = cached.copy()
             fresh[cached] = now - self._fetched_at[slots[cached]] < self.ttl_s
