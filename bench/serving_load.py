@@ -10,14 +10,18 @@ What it runs, server and load generator on the same machine:
    ``--rate`` requests/s for ``--duration`` s (open loop: latency counts from the planned send
    time), and the per-stage timings of those requests from the server's own stage histograms
    (``/metrics``) and impression log;
-3. with the better worker count, rising rates (``--duration-step`` s each) until p99 passes 50 ms:
-   the highest rate that keeps p99 within 50 ms;
-4. the naive path in the same run: a server whose requests read the user and every candidate
+3. with the better worker count, one server under rising rates (``--step-rates``, ``--duration-step``
+   s each) until p99 passes 50 ms: the highest rate that keeps p99 within 50 ms;
+4. threads that run requests in one worker (``RECSYS_REQUEST_THREADS``), 1 against 4, at
+   ``--threads-rate``: the setting is chosen by this measurement;
+5. the naive path in the same run: a server whose requests read the user and every candidate
    through Feast's ``get_online_features`` and score with LightGBM's native ``predict``, at the
    same rate, plus both paths one request at a time; the p99 ratios.
 
 Prints a JSON report (``--report`` also writes it). Responses that fell back (``degraded``) are
-counted, so a fast answer that skipped a stage cannot pass for a fast full answer.
+counted, so a fast answer that skipped a stage cannot pass for a fast full answer. Each run also
+reports the server's CPU time per request (all its processes and threads, from /proc), which is
+what decides how much load 2 cores carry.
 """
 
 from __future__ import annotations
@@ -130,6 +134,20 @@ class Server:
         self.process.terminate()
         self.process.wait(timeout=60)
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) of the server process and every process under it, so far."""
+        total, pending = 0.0, [self.process.pid]
+        while pending:
+            pid = pending.pop()
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+                for task in Path(f"/proc/{pid}/task").iterdir():
+                    pending += [int(c) for c in (task / "children").read_text().split()]
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+        return total
+
 
 def replay(url: str, requests: Path, rate: float | None = None, duration: float = 10.0,
            concurrency: int | None = None) -> dict:
@@ -204,17 +222,26 @@ def log_stage_report(records: list[dict]) -> dict:
 
 def measured_run(home: Path, env: dict, requests: Path, rate: float, duration: float, warmup: float,
                  workers: int = 1, naive: bool = False) -> dict:
-    log = home / "logs" / "impressions.jsonl"
     server = Server(home, env, workers, naive)
     try:
-        replay(server.url, requests, rate=rate, duration=warmup)
-        before, offset = stage_histograms(server.url), log.stat().st_size
-        report = replay(server.url, requests, rate=rate, duration=duration)
-        report["stages_from_metrics"] = stage_report(before, stage_histograms(server.url))
-        if workers > 1:
-            report["stages_from_metrics"]["note"] = "one scrape reaches one worker process"
+        return measure(server, home, requests, rate, duration, warmup, workers)
     finally:
         server.stop()
+
+
+def measure(server: Server, home: Path, requests: Path, rate: float, duration: float, warmup: float,
+            workers: int) -> dict:
+    """A warm-up, then ``duration`` s at ``rate``: the replay report with per-stage timings and CPU."""
+    log = home / "logs" / "impressions.jsonl"
+    replay(server.url, requests, rate=rate, duration=warmup)
+    time.sleep(0.2)  # the log writers' batch window
+    before, offset, cpu = stage_histograms(server.url), log.stat().st_size, server.cpu_seconds()
+    report = replay(server.url, requests, rate=rate, duration=duration)
+    report["server_cpu_ms_per_request"] = round((server.cpu_seconds() - cpu) * 1000 / max(report["completed"], 1), 2)
+    report["stages_from_metrics"] = stage_report(before, stage_histograms(server.url))
+    if workers > 1:
+        report["stages_from_metrics"]["note"] = "one scrape reaches one worker process"
+    time.sleep(0.2)
     report["stages_from_log"] = log_stage_report(logged_requests(log, offset))
     return report
 
@@ -262,6 +289,7 @@ def summary(report: dict) -> dict:
     return {"target": report.get("target"), "achieved_rate": report["achieved_rate"],
             "latency_ms": report["latency_ms"], "errors": report["errors"],
             "generator_lateness_p99_ms": report["generator_lateness_ms"]["p99"],
+            "server_cpu_ms_per_request": report.get("server_cpu_ms_per_request"),
             "degraded_share": report.get("stages_from_log", {}).get("degraded_share")}
 
 
@@ -274,7 +302,9 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=60.0)
     parser.add_argument("--duration-step", type=float, default=20.0, help="Seconds per rate of the rate search.")
     parser.add_argument("--warmup", type=float, default=10.0)
-    parser.add_argument("--step-rates", default="300,400,500,600,800,1000")
+    parser.add_argument("--step-rates", default="50,100,150,200,250,300,400")
+    parser.add_argument("--threads-rate", type=float, default=100.0,
+                        help="Rate of the 1 vs 4 request-threads comparison (1 worker).")
     parser.add_argument("--skip-materialize", action="store_true", help="Redis already holds the features.")
     parser.add_argument("--report", type=Path)
     parser.add_argument("--serve-naive", type=int, help=argparse.SUPPRESS)
@@ -312,16 +342,27 @@ def main() -> None:
     out["chosen_workers"] = best
 
     steps, highest = [], None
-    if (by_workers[best]["latency_ms"]["p99"] or float("inf")) <= 50 and not by_workers[best]["errors"]["total"]:
-        highest = args.rate
-    for rate in [float(r) for r in args.step_rates.split(",")]:
-        report = measured_run(home, env, requests, rate, args.duration_step, args.warmup / 2, best)
-        steps.append(summary(report))
-        print(f"{best} worker(s) at {rate:g}/s: {json.dumps(steps[-1])}", flush=True)
-        if (report["latency_ms"]["p99"] or float("inf")) > 50 or report["errors"]["total"]:
-            break
-        highest = rate
+    server = Server(home, env, best)
+    try:
+        for rate in [float(r) for r in args.step_rates.split(",")]:
+            report = measure(server, home, requests, rate, args.duration_step, args.warmup / 2, best)
+            steps.append(summary(report))
+            print(f"{best} worker(s) at {rate:g}/s: {json.dumps(steps[-1])}", flush=True)
+            if (report["latency_ms"]["p99"] or float("inf")) > 50 or report["errors"]["total"]:
+                break
+            highest = rate
+    finally:
+        server.stop()
     out["rate_search"] = {"workers": best, "steps": steps, "highest_rate_with_p99_within_50ms": highest}
+
+    by_threads = {}
+    for threads in (1, 4):
+        report = measured_run(home, {**env, "RECSYS_REQUEST_THREADS": str(threads)}, requests, args.threads_rate,
+                              args.duration_step, args.warmup / 2, 1)
+        by_threads[f"{threads}_request_threads"] = summary(report)
+        print(f"1 worker, {threads} request thread(s) at {args.threads_rate:g}/s: "
+              f"{json.dumps(by_threads[f'{threads}_request_threads'])}", flush=True)
+    out["request_threads"] = {"rate": args.threads_rate, **by_threads}
 
     naive_env = {**env, "RECSYS_STORE_TIMEOUT_MS": "10000", "RECSYS_RETRIEVAL_BUDGET_MS": "10000",
                  "RECSYS_RANKING_BUDGET_MS": "10000"}
