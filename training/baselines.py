@@ -39,11 +39,12 @@ def item_knn(interactions: pd.DataFrame, as_of: int, users: list[str], seen: dic
     matrix[user_index.get_indexer(before["user_id"]), item_index.get_indexer(before["item_id"])] = 1.0
     normalised = matrix / np.maximum(np.sqrt(matrix.sum(axis=0)), 1.0)
     known = [u for u in users if u in user_index]
-    scores = (matrix[user_index.get_indexer(known)] @ normalised.T) @ normalised
     items = item_index.to_numpy()
     result: dict[str, list[str]] = {u: [] for u in users}
-    for row, user in enumerate(known):
-        user_scores = scores[row].copy()
+    for user in known:
+        # one user at a time: a batched product's rounding depends on which other users are in the
+        # batch (BLAS blocking), which would let ties break differently for the same user
+        user_scores = (matrix[user_index.get_loc(user)] @ normalised.T) @ normalised
         user_scores[item_index.get_indexer(list(seen.get(user, ())))] = -np.inf
         top = np.argsort(-user_scores, kind="stable")[:k]
         result[user] = [items[i] for i in top if np.isfinite(user_scores[i]) and user_scores[i] > 0]
