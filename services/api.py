@@ -151,9 +151,11 @@ class Runtime:
         guard = StoreGuard(settings.store_timeout_ms / 1000, settings.store_retry_after_s)
         user_rows = None
         if settings.profile == "redis":
-            # the user read's own deadline: each socket operation within the store budget, no retry
-            client = Redis.from_url(settings.redis_url, socket_timeout=guard.timeout_s,
-                                    socket_connect_timeout=guard.timeout_s, retry=Retry(NoBackoff(), 0))
+            # the guard's deadline bounds the request's wait; a read that runs late still completes on
+            # the guard's thread and keeps its connection (a socket timeout of the request budget dropped
+            # and reopened connections on a busy machine)
+            client = Redis.from_url(settings.redis_url, socket_timeout=STORE_SOCKET_TIMEOUT_S,
+                                    socket_connect_timeout=STORE_SOCKET_TIMEOUT_S, retry=Retry(NoBackoff(), 0))
             user_rows = RedisRows(client, settings.project, "user_id", USER_VIEWS,
                                   store.config.entity_key_serialization_version)
         self.features = OnlineFeatures(store, marker=marker, pinned_items=set(model.popular_items), guard=guard,

@@ -63,8 +63,7 @@ class OnlineFeatures:
     def user(self, user_id: str) -> UserFeatures:
         """The user's features and seen items; on a store failure the last ones read, marked degraded."""
         try:
-            # the direct Redis read bounds itself (socket timeouts of the guard's deadline)
-            features = self.guard.call(self.fetch_user, user_id, bounded=self.user_rows is not None)
+            features = self.guard.call(self.fetch_user, user_id)
         except StoreUnavailable:
             last = self._last_known.get(user_id)
             return UserFeatures(values=last.values if last else {}, seen_items=last.seen_items if last else set(),
