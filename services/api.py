@@ -245,7 +245,7 @@ class Runtime:
         return self.previous_model.version, model.version
 
     def close(self) -> None:
-        self.request_threads.shutdown(wait=True)
+        self.request_threads.shutdown(wait=True, cancel_futures=True)  # requests not started are dropped
         for recommender in (self.recommender, *self.arms.values()):
             recommender.close()
         self.features.guard.close()
