@@ -131,8 +131,13 @@ class Server:
             time.sleep(0.5)
 
     def stop(self) -> None:
+        """SIGTERM; a server still working through a backlog after 60 s (the saturated naive one) is killed."""
         self.process.terminate()
-        self.process.wait(timeout=60)
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=60)
 
     def cpu_seconds(self) -> float:
         """CPU time (user + system) of the server process and every process under it, so far."""
