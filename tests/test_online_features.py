@@ -64,6 +64,18 @@ def test_cache_expires_entries_and_evicts_least_recently_used_but_never_pinned()
     assert fetch.calls[-1] == ["hot"]
 
 
+def test_cache_over_capacity_evicts_a_tenth_more_at_once_least_recent_first():
+    fetch = CountingFetch()
+    cache = ItemFeatureCache(fetch, ["a", "b"], capacity=20, ttl_s=100)
+    cache.get([f"i{n}" for n in range(20)])
+    cache.get(["i0"])  # i0 is now the most recently used
+    cache.get(["new"])  # 21 > 20: 1 + 2 entries go, the least recently used: i1, i2, i3
+    cache.get(["i0", "i4", "new"])
+    assert len(fetch.calls) == 2  # i0, i4 and new are still cached: nothing fetched again
+    cache.get(["i1", "i2", "i3"])
+    assert fetch.calls[-1] == ["i1", "i2", "i3"]
+
+
 def test_cache_serves_cached_rows_and_nulls_when_the_store_fails():
     fetch = CountingFetch()
     cache = ItemFeatureCache(fetch, ["a", "b"])

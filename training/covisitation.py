@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from training.retrieval import in_sorted
+
 
 @dataclass(frozen=True)
 class SeedScores:
@@ -28,11 +30,8 @@ class SeedScores:
     def at(self, rows: np.ndarray) -> np.ndarray:
         """The scores of ``rows`` (float32; 0 for an item the seeds do not co-visit)."""
         out = np.zeros(len(rows), dtype=np.float32)
-        if len(self.rows) == 0:
-            return out
-        position = np.minimum(np.searchsorted(self.rows, rows), len(self.rows) - 1)
-        found = self.rows[position] == rows
-        out[found] = self.values[position[found]]
+        found = in_sorted(rows, self.rows)
+        out[found] = self.values[np.searchsorted(self.rows, rows[found])]
         return out
 
 
