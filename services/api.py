@@ -12,6 +12,7 @@ one plain ASGI middleware: Starlette's ``@app.middleware("http")`` costs ~0.3 ms
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import time
 from collections import Counter
@@ -255,6 +256,19 @@ class Runtime:
         self.realtime.close()
 
 
+def freeze_start_up_objects() -> None:
+    """Move every object alive after start-up out of the garbage collector's reach (``gc.freeze``).
+
+    Start-up leaves ~280k container objects that live as long as the process (the libraries, Feast's
+    registry, the model); every full collection traversed them all, pausing the process for ~145 ms
+    on the medium world: the largest latency spikes under load. Frozen objects are still freed by
+    reference counting when dropped (a replaced bundle leaves no reference cycles); only cyclic
+    garbage among them would stay.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 async def get_runtime(request: Request) -> Runtime:
     return request.app.state.runtime
 
@@ -317,6 +331,7 @@ def create_app(settings: Settings | None = None,
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.runtime = runtime_factory(settings)
+        freeze_start_up_objects()
         yield
         app.state.runtime.close()
 

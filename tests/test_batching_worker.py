@@ -8,7 +8,7 @@ import threading
 import time
 
 from serving.batching_worker import BatchingWorker
-from serving.event_log import FeedbackRecord, LogWriter, read_records
+from serving.event_log import FeedbackRecord, ImpressionRecord, LogWriter, SlateEntry, read_records
 
 
 def test_close_drains_every_queued_item_in_order():
@@ -53,6 +53,21 @@ def test_log_writer_appends_json_lines_and_loses_nothing_on_close(tmp_path):
     records = list(read_records(tmp_path / "feedback.jsonl"))
     assert [r["request_id"] for r in records] == [f"r{n}" for n in range(1_000)]
     assert writer.written == 1_000 and writer.dropped == 0
+
+
+def test_an_impression_the_fast_encoder_refuses_is_still_written_whole(tmp_path):
+    """A client's context may hold an integer over 64 bits, which orjson refuses: the record goes
+    through the json module instead of being lost or killing the writer thread."""
+    writer = LogWriter(tmp_path / "impressions.jsonl")
+    slate = [SlateEntry("i1", 1, 0.5, 1.0, "ann")]
+    for n, context in enumerate([{"page": "home"}, {"big": 2**70}, {"page": "search"}]):
+        writer.write(ImpressionRecord(request_id=f"r{n}", ts=float(n), user_id="u", model_version="v",
+                                      policy={"name": "greedy", "params": {}}, arm=None, slate=slate, context=context))
+    writer.close()
+    records = list(read_records(tmp_path / "impressions.jsonl"))
+    assert [r["context"] for r in records] == [{"page": "home"}, {"big": 2**70}, {"page": "search"}]
+    assert records[1]["slate"] == [{"item_id": "i1", "position": 1, "score": 0.5, "propensity": 1.0, "source": "ann"}]
+    assert writer.written == 3 and writer.dropped == 0
 
 
 def test_a_stalled_disk_never_blocks_the_caller_and_every_drop_is_counted(tmp_path):
