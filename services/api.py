@@ -41,7 +41,7 @@ from serving.event_log import FEEDBACK_FILE, IMPRESSIONS_FILE, FeedbackRecord, L
 from serving.experiments import CURRENT, load_experiment
 from serving.exploration import make_policy
 from serving.model import ServingModel, load_model
-from serving.online_features import USER_VIEWS, OnlineFeatures
+from serving.online_features import ITEM_VIEWS, USER_VIEWS, OnlineFeatures
 from serving.realtime_features import InteractionEvent, RealtimeUpdater
 from serving.recommender import Recommendation, Recommender, StageBudgets
 from serving.redis_rows import RedisRows
@@ -150,17 +150,18 @@ class Runtime:
         model = load_model(settings.bundle or latest_bundle(settings.bundles_dir))
         marker = self.marker = settings.features_dir / MATERIALIZED_MARKER
         guard = StoreGuard(settings.store_timeout_ms / 1000, settings.store_retry_after_s)
-        user_rows = None
+        user_rows = item_rows = None
         if settings.profile == "redis":
             # the guard's deadline bounds the request's wait; a read that runs late still completes on
             # the guard's thread and keeps its connection (a socket timeout of the request budget dropped
             # and reopened connections on a busy machine)
             client = Redis.from_url(settings.redis_url, socket_timeout=STORE_SOCKET_TIMEOUT_S,
                                     socket_connect_timeout=STORE_SOCKET_TIMEOUT_S, retry=Retry(NoBackoff(), 0))
-            user_rows = RedisRows(client, settings.project, "user_id", USER_VIEWS,
-                                  store.config.entity_key_serialization_version)
+            key_version = store.config.entity_key_serialization_version
+            user_rows = RedisRows(client, settings.project, "user_id", USER_VIEWS, key_version)
+            item_rows = RedisRows(client, settings.project, "item_id", ITEM_VIEWS, key_version)
         self.features = OnlineFeatures(store, marker=marker, pinned_items=set(model.popular_items), guard=guard,
-                                       user_rows=user_rows)
+                                       user_rows=user_rows, item_rows=item_rows)
         self.features.warm_up(model.retrieval.item_ids)
         budgets = StageBudgets(settings.retrieval_budget_ms / 1000, settings.ranking_budget_ms / 1000)
         self.impressions = LogWriter(settings.logs_dir / IMPRESSIONS_FILE)

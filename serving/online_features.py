@@ -2,9 +2,10 @@
 
 One read for the user (activity, seen items, real-time state): on Redis one ``HMGET`` of the hash
 Feast wrote (``serving/redis_rows.py``), otherwise one Feast call. Item features for all
-candidates come through the in-process cache (``serving/item_cache.py``), which falls back to one
-Feast call for the items it misses. Columns come back under the same names as the offline
-point-in-time join's, so the shared ``ranker_matrix`` turns either into the ranker's input.
+candidates come through the in-process cache (``serving/item_cache.py``), which reads the items it
+misses or refreshes in one call (pipelined ``HMGET`` commands on Redis, Feast otherwise). Columns
+come back under the same names as the offline point-in-time join's, so the shared
+``ranker_matrix`` turns either into the ranker's input.
 
 Every store call goes through a :class:`StoreGuard` (deadline + circuit breaker). When the store
 fails, reads never raise: the user's last features read by this process (or empty defaults) and
@@ -35,6 +36,7 @@ from serving.redis_rows import RedisRows
 from serving.store_guard import StoreGuard, StoreUnavailable
 
 USER_VIEWS = [USER_ACTIVITY, USER_HISTORY, USER_REALTIME]
+ITEM_VIEWS = [ITEM_ACTIVITY, ITEM_ATTRIBUTES]
 USER_FEATURES = feature_names(USER_ACTIVITY) + feature_names(USER_REALTIME)
 ITEM_FEATURES = feature_names(ITEM_ACTIVITY) + feature_names(ITEM_ATTRIBUTES)
 READINESS_TIMEOUT_S = 2.0
@@ -50,12 +52,13 @@ class UserFeatures:
 class OnlineFeatures:
     def __init__(self, store: FeatureStore, marker: Path | None = None, pinned_items: set[str] | None = None,
                  cache_ttl_s: float = 300.0, guard: StoreGuard | None = None, last_known_users: int = 100_000,
-                 user_rows: RedisRows | None = None):
+                 user_rows: RedisRows | None = None, item_rows: RedisRows | None = None):
         self.store = store
-        self.user_rows = user_rows  # the direct Redis read of users; None: through Feast
+        self.user_rows = user_rows  # the direct Redis reads of users and items; None: through Feast
+        self.item_rows = item_rows
         self.guard = guard or StoreGuard()
         self._user_refs = feature_refs(*USER_VIEWS)
-        self._item_refs = feature_refs(ITEM_ACTIVITY, ITEM_ATTRIBUTES)
+        self._item_refs = feature_refs(*ITEM_VIEWS)
         self.item_cache = ItemFeatureCache(self._guarded_fetch, ITEM_FEATURES, marker=marker, ttl_s=cache_ttl_s,
                                            pinned=pinned_items)
         # user → their last features read, pickled: as bytes they hold no containers for the garbage
@@ -101,6 +104,8 @@ class OnlineFeatures:
         """Feature rows straight from the store: one Feast call, no cache."""
         if not item_ids:
             return pd.DataFrame(columns=ITEM_FEATURES)
+        if self.item_rows is not None:
+            return pd.DataFrame(self.item_rows.read_many(list(item_ids)), columns=ITEM_FEATURES)
         data = self.store.get_online_features(
             features=self._item_refs, entity_rows={"item_id": list(item_ids)}
         ).to_dict()

