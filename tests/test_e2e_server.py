@@ -11,6 +11,7 @@ import pytest
 import redis
 from conftest import newest_manifest, recsys, running_server
 
+from services.api import RecommendResponse
 from serving.event_log import read_records
 from training.dataset import Dataset
 
@@ -23,7 +24,11 @@ def check_recommendations(server, home):
     seen = set(dataset.interactions.loc[dataset.interactions["user_id"] == user, "item_id"])
     version = newest_manifest(home)["version"]
 
-    body = httpx.get(f"{server.url}/recommend", params={"user_id": user, "k": 10}).json()
+    answer = httpx.get(f"{server.url}/recommend", params={"user_id": user, "k": 10})
+    # the JSON is encoded without pydantic (services/api.py: response_json); the contract still holds
+    assert RecommendResponse.model_validate_json(answer.content).model_dump() == answer.json()
+    assert answer.headers["content-type"] == "application/json"
+    body = answer.json()
     assert body["model_version"] == version and body["user_id"] == user and body["degraded"] is False
     items = body["items"]
     assert [it["position"] for it in items] == list(range(1, 11))
@@ -36,6 +41,7 @@ def check_recommendations(server, home):
 
     posted = httpx.post(f"{server.url}/recommend", json={"user_id": user, "k": 5, "context": {"page": "home"}})
     assert posted.status_code == 200 and len(posted.json()["items"]) == 5
+    RecommendResponse.model_validate_json(posted.content)
 
     cold = httpx.get(f"{server.url}/recommend", params={"user_id": "never-seen-before", "k": 10}).json()
     assert len(cold["items"]) == 10
