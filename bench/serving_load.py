@@ -96,6 +96,8 @@ def serve_naive(port: int) -> None:
     class NaiveRuntime(Runtime):
         def __init__(self, settings: Settings):
             super().__init__(settings)
+            # every read through Feast's get_online_features, not the direct Redis reads
+            self.features.user_rows = self.features.item_rows = None
             model = self.recommender.model
             self.recommender.features = FeastEveryRequest(self.features)
             self.recommender.model = replace(model, ranker=NativeLightGBM(model.path / bundle.RANKER_NATIVE))
