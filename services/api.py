@@ -3,11 +3,11 @@
 CPU work never runs on the event loop. ``/recommend`` hands each request to the runtime's request
 threads (``RECSYS_REQUEST_THREADS``, default 1: at 100 requests/s on the 2-core machine one thread
 used less CPU per request than four, 5.3 vs 5.7 ms, at the same p99; the threads share one GIL;
-docs/performance.md) and answers with JSON encoded once by
-orjson (``response_json``), without FastAPI re-validating its own output; ``response_model`` keeps
-the answer's schema in OpenAPI. Other routes that do work (reload, readiness, metrics) are plain
-``def`` functions in FastAPI's thread pool. Request metrics and the body-size limit are
-one plain ASGI middleware: Starlette's ``@app.middleware("http")`` costs ~0.3 ms per request.
+docs/performance.md) and answers with JSON encoded once by orjson (``response_json``), without
+FastAPI re-validating its own output; ``response_model`` keeps the answer's schema in OpenAPI.
+Other routes that do work (reload, readiness, metrics) are plain ``def`` functions in FastAPI's
+thread pool. Request metrics and the body-size limit are one plain ASGI middleware: Starlette's
+``@app.middleware("http")`` costs ~0.3 ms per request.
 """
 
 from __future__ import annotations

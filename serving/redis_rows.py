@@ -10,10 +10,10 @@ feature view of an entity in one hash:
 
 so one ``HMGET`` returns the user's batch activity, history and real-time state together, decoded
 with Feast's own value conversion: ~0.24 ms. Items are read the same way, many per pipelined round
-trip. Reading the layout directly ties this module to the
-Feast version pinned in pyproject.toml; ``tests/test_online_features.py`` compares it with
-``get_online_features`` on every user and item feature, so an upgrade that changes the layout fails there
-and not in production. The embedded profile (SQLite) keeps ``get_online_features``.
+trip. Reading the layout directly ties this module to the Feast version pinned in pyproject.toml;
+``tests/test_online_features.py`` compares it with ``get_online_features`` on every user and item
+feature, so an upgrade that changes the layout fails there and not in production. The embedded
+profile (SQLite) keeps ``get_online_features``.
 """
 
 from __future__ import annotations
