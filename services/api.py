@@ -3,8 +3,10 @@
 CPU work never runs on the event loop. ``/recommend`` hands each request to the runtime's request
 threads (``RECSYS_REQUEST_THREADS``, default 1: at 100 requests/s on the 2-core machine one thread
 used less CPU per request than four, 5.3 vs 5.7 ms, at the same p99; the threads share one GIL;
-docs/performance.md) and answers with JSON encoded once by orjson (``response_json``), without
-FastAPI re-validating its own output; ``response_model`` keeps the answer's schema in OpenAPI.
+docs/performance.md), which run it start to finish, and holds its deadline
+(``RECSYS_REQUEST_DEADLINE_MS``): a request not answered by then gets the popularity fallback from
+the loop itself (serving/deadline.py). Answers are JSON encoded once by orjson (``response_json``),
+without FastAPI re-validating its own output; ``response_model`` keeps the answer's schema in OpenAPI.
 Other routes that do work (reload, readiness, metrics) are plain ``def`` functions in FastAPI's
 thread pool. Request metrics and the body-size limit are one plain ASGI middleware: Starlette's
 ``@app.middleware("http")`` costs ~0.3 ms per request.
@@ -22,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 import orjson
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
@@ -39,6 +41,7 @@ from monitoring.drift_reference import DriftReference
 from monitoring.metrics import ApiMetrics
 from services import dashboard
 from services.settings import Settings
+from serving.deadline import Claim
 from serving.event_log import FEEDBACK_FILE, IMPRESSIONS_FILE, FeedbackRecord, LogWriter
 from serving.experiments import CURRENT, load_experiment
 from serving.exploration import make_policy
@@ -46,18 +49,17 @@ from serving.model import ServingModel, load_model
 from serving.online_features import ITEM_VIEWS, USER_VIEWS, OnlineFeatures
 from serving.realtime_features import InteractionEvent, RealtimeUpdater
 from serving.recommender import Recommendation, Recommender, StageBudgets
-from serving.redis_rows import RedisRows
+from serving.redis_rows import RedisReads, RedisRows
 from serving.store_guard import StoreGuard
 from training.bundle import DRIFT_REFERENCE, BundleError, latest_bundle
 from training.features import next_snapshot
 
-T = TypeVar("T")
 Id = Annotated[str | int, Field(description="User or item id; integers are treated as their decimal string.")]
 
 
 MAX_BODY_BYTES = 64 * 1024
-# Redis socket timeouts of the serving process: a stalled store's connection is given up after
-# this, which frees the guard's thread (the request itself stopped waiting at store_timeout_ms).
+# Socket timeout of the Redis clients no request waits on (Feast's, the item cache's loads and
+# refreshes, readiness): generous, so a busy moment does not abort a bulk read.
 STORE_SOCKET_TIMEOUT_S = 1.0
 
 
@@ -151,19 +153,20 @@ class Runtime:
                            redis_timeout_s=STORE_SOCKET_TIMEOUT_S)
         model = load_model(settings.bundle or latest_bundle(settings.bundles_dir))
         marker = self.marker = settings.features_dir / MATERIALIZED_MARKER
-        guard = StoreGuard(settings.store_timeout_ms / 1000, settings.store_retry_after_s)
-        user_rows = item_rows = None
+        guard = StoreGuard(settings.store_retry_after_s)
+        redis = None
         if settings.profile == "redis":
-            # the guard's deadline bounds the request's wait; a read that runs late still completes on
-            # the guard's thread and keeps its connection (a socket timeout of the request budget dropped
-            # and reopened connections on a busy machine)
-            client = Redis.from_url(settings.redis_url, socket_timeout=STORE_SOCKET_TIMEOUT_S,
-                                    socket_connect_timeout=STORE_SOCKET_TIMEOUT_S, retry=Retry(NoBackoff(), 0))
+            request_client, background_client = (
+                Redis.from_url(settings.redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                               retry=Retry(NoBackoff(), 0))
+                for timeout_s in (settings.store_timeout_ms / 1000, STORE_SOCKET_TIMEOUT_S))
             key_version = store.config.entity_key_serialization_version
-            user_rows = RedisRows(client, settings.project, "user_id", USER_VIEWS, key_version)
-            item_rows = RedisRows(client, settings.project, "item_id", ITEM_VIEWS, key_version)
+            redis = RedisReads(
+                users=RedisRows(request_client, settings.project, "user_id", USER_VIEWS, key_version),
+                items=RedisRows(request_client, settings.project, "item_id", ITEM_VIEWS, key_version),
+                background_items=RedisRows(background_client, settings.project, "item_id", ITEM_VIEWS, key_version))
         self.features = OnlineFeatures(store, marker=marker, pinned_items=set(model.popular_items), guard=guard,
-                                       user_rows=user_rows, item_rows=item_rows)
+                                       redis=redis)
         self.features.warm_up(model.retrieval.item_ids)
         budgets = StageBudgets(settings.retrieval_budget_ms / 1000, settings.ranking_budget_ms / 1000)
         self.impressions = LogWriter(settings.logs_dir / IMPRESSIONS_FILE)
@@ -196,6 +199,7 @@ class Runtime:
                 self.clock, policy=make_policy(arm.policy, arm.params), n_candidates=settings.n_candidates,
                 log_candidates=settings.log_candidates, arm=arm.name, budgets=budgets)
         self.request_threads = ThreadPoolExecutor(settings.request_threads, thread_name_prefix="recommend")
+        self.request_deadline_s = settings.request_deadline_ms / 1000
         self.previous_model: ServingModel | None = None
         self.metrics.set_model(model.version)
         self.drift: DriftTracking | None = None
@@ -217,9 +221,39 @@ class Runtime:
         except (FileNotFoundError, KeyError, ValueError, TypeError):
             return None
 
-    async def off_loop(self, fn: Callable[..., T], *args) -> T:
-        """``fn(*args)`` on a request thread, awaited from the event loop."""
-        return await asyncio.get_running_loop().run_in_executor(self.request_threads, fn, *args)
+    async def answer(self, user_id: str, k: int, context: dict) -> Response:
+        """The request run on a request thread, or the popularity fallback once the request deadline
+        passes without an answer (a stage that does not come back). The thread's late answer is
+        then dropped; exactly one of the two is logged (serving/deadline.py)."""
+        recommender = self.recommender_for(user_id)
+        claim = Claim()
+        running = asyncio.get_running_loop().run_in_executor(
+            self.request_threads, self._recommend, recommender, user_id, k, context, claim)
+        done, _ = await asyncio.wait((running,), timeout=self.request_deadline_s)
+        if not done and claim.take():  # ~0.1 ms on the loop, only when a request is this late
+            return self._respond(recommender, recommender.fallback(user_id, k, context))
+        return await running
+
+    def _recommend(self, recommender: Recommender, user_id: str, k: int, context: dict,
+                   claim: Claim) -> Response | None:
+        result = recommender.recommend(user_id, k, context, claim=claim)
+        return None if result is None else self._respond(recommender, result)
+
+    def _respond(self, recommender: Recommender, result: Recommendation) -> Response:
+        """Count the answer in the metrics and drift windows, and encode it."""
+        self.metrics.arm_recommendations.labels(arm=recommender.arm or "none").inc()
+        self.metrics.observe_stages(result.timings_ms)
+        if result.degraded:
+            self.metrics.degraded.inc()
+        for source, n in Counter(item.source for item in result.items).items():
+            self.metrics.recommended_items.labels(source=source).inc(n)
+        explored = sum(1 for item in result.items if item.propensity < 1.0)
+        if explored:
+            self.metrics.explored_items.inc(explored)
+        drift = self.drift
+        if drift is not None:
+            drift.count(result)
+        return Response(response_json(result), media_type="application/json")
 
     def recommender_for(self, user_id: str) -> Recommender:
         """The user's arm's recommender in an experiment, else the one recommender."""
@@ -250,9 +284,6 @@ class Runtime:
 
     def close(self) -> None:
         self.request_threads.shutdown(wait=True, cancel_futures=True)  # requests not started are dropped
-        for recommender in (self.recommender, *self.arms.values()):
-            recommender.close()
-        self.features.guard.close()
         self.features.item_cache.close()
         self.impressions.close()
         self.feedback.close()
@@ -346,34 +377,17 @@ def create_app(settings: Settings | None = None,
 
     app.add_middleware(RequestMetrics)
 
-    def serve(runtime: Runtime, user_id: str, k: int, context: dict) -> Response:
-        recommender = runtime.recommender_for(str(user_id))
-        result = recommender.recommend(str(user_id), k, context)
-        runtime.metrics.arm_recommendations.labels(arm=recommender.arm or "none").inc()
-        runtime.metrics.observe_stages(result.timings_ms)
-        if result.degraded:
-            runtime.metrics.degraded.inc()
-        for source, n in Counter(item.source for item in result.items).items():
-            runtime.metrics.recommended_items.labels(source=source).inc(n)
-        explored = sum(1 for item in result.items if item.propensity < 1.0)
-        if explored:
-            runtime.metrics.explored_items.inc(explored)
-        drift = runtime.drift
-        if drift is not None:
-            drift.count(result)
-        return Response(response_json(result), media_type="application/json")
-
     @app.get("/recommend", response_model=RecommendResponse)
     async def recommend_get(
         user_id: Annotated[str, Query(min_length=1, max_length=256)],
         k: Annotated[int, Query(ge=1, le=100)] = 10,
         runtime: Runtime = Depends(get_runtime),
     ) -> Response:
-        return await runtime.off_loop(serve, runtime, user_id, k, {})
+        return await runtime.answer(user_id, k, {})
 
     @app.post("/recommend", response_model=RecommendResponse)
     async def recommend_post(body: RecommendRequest, runtime: Runtime = Depends(get_runtime)) -> Response:
-        return await runtime.off_loop(serve, runtime, str(body.user_id), body.k, body.context)
+        return await runtime.answer(str(body.user_id), body.k, body.context)
 
     @app.post("/feedback", status_code=202)
     def feedback(body: FeedbackRequest, runtime: Runtime = Depends(get_runtime)) -> dict:

@@ -34,12 +34,16 @@ class Settings(BaseSettings):
     admin_token: str = ""
     n_candidates: int = 350
     # Per-stage budgets (serving/deadline.py, serving/store_guard.py): a stage that overruns falls
-    # back (defaults, popularity, retrieval order) and the answer is marked degraded. A failing
-    # store is left alone for store_retry_after_s before it is tried again.
+    # back (defaults, popularity, retrieval order) and the answer is marked degraded. The store's is
+    # the socket timeout of each Redis read a request makes (two per request). A failing store is
+    # left alone for store_retry_after_s before it is tried again.
     store_timeout_ms: float = Field(20.0, gt=0)
     store_retry_after_s: float = Field(1.0, gt=0)
     retrieval_budget_ms: float = Field(20.0, gt=0)
     ranking_budget_ms: float = Field(20.0, gt=0)
+    # A request not answered within this (queueing included) gets the popularity fallback from the
+    # event loop; at least the stage budgets above summed, so it only catches a stage that never ends.
+    request_deadline_ms: float = Field(100.0, gt=0)
     # Exploration policy (serving/exploration.py: greedy, epsilon_greedy, softmax, thompson, squarecb)
     # and its params as JSON, e.g. RECSYS_POLICY=softmax RECSYS_POLICY_PARAMS='{"temperature": 0.3}'.
     policy: str = "greedy"
@@ -63,6 +67,14 @@ class Settings(BaseSettings):
         if self.log_candidates < needed:
             raise ValueError(f"log_candidates ({self.log_candidates}) must cover the policy's protected + pool "
                              f"candidates ({needed}), or its propensities cannot be recomputed from the logs")
+        return self
+
+    @model_validator(mode="after")
+    def _check_request_deadline(self) -> Settings:
+        stages = 2 * self.store_timeout_ms + self.retrieval_budget_ms + self.ranking_budget_ms
+        if self.request_deadline_ms < stages:
+            raise ValueError(f"request_deadline_ms ({self.request_deadline_ms:g}) must be at least the stage budgets "
+                             f"summed (2 x store_timeout_ms + retrieval_budget_ms + ranking_budget_ms = {stages:g})")
         return self
 
     @property

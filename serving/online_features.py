@@ -7,9 +7,10 @@ misses or refreshes in one call (pipelined ``HMGET`` commands on Redis, Feast ot
 come back under the same names as the offline point-in-time join's, so the shared
 ``ranker_matrix`` turns either into the ranker's input.
 
-Every store call goes through a :class:`StoreGuard` (deadline + circuit breaker). When the store
-fails, reads never raise: the user's last features read by this process (or empty defaults) and
-the cached item rows (or nulls) come back marked ``degraded``.
+Every store call of a request goes through a :class:`StoreGuard` (circuit breaker; on Redis the
+request client's socket timeout is the deadline). When the store fails, reads never raise: the
+user's last features read by this process (or empty defaults) and the cached item rows (or nulls)
+come back marked ``degraded``.
 """
 
 from __future__ import annotations
@@ -32,14 +33,13 @@ from feature_repo.definitions import (
     feature_refs,
 )
 from serving.item_cache import ItemColumns, ItemFeatureCache
-from serving.redis_rows import RedisRows
+from serving.redis_rows import RedisReads
 from serving.store_guard import StoreGuard, StoreUnavailable
 
 USER_VIEWS = [USER_ACTIVITY, USER_HISTORY, USER_REALTIME]
 ITEM_VIEWS = [ITEM_ACTIVITY, ITEM_ATTRIBUTES]
 USER_FEATURES = feature_names(USER_ACTIVITY) + feature_names(USER_REALTIME)
 ITEM_FEATURES = feature_names(ITEM_ACTIVITY) + feature_names(ITEM_ATTRIBUTES)
-READINESS_TIMEOUT_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -52,10 +52,9 @@ class UserFeatures:
 class OnlineFeatures:
     def __init__(self, store: FeatureStore, marker: Path | None = None, pinned_items: set[str] | None = None,
                  cache_ttl_s: float = 300.0, guard: StoreGuard | None = None, last_known_users: int = 100_000,
-                 user_rows: RedisRows | None = None, item_rows: RedisRows | None = None):
+                 redis: RedisReads | None = None):
         self.store = store
-        self.user_rows = user_rows  # the direct Redis reads of users and items; None: through Feast
-        self.item_rows = item_rows
+        self.redis = redis  # the direct Redis reads of users and items; None: through Feast
         self.guard = guard or StoreGuard()
         self._user_refs = feature_refs(*USER_VIEWS)
         self._item_refs = feature_refs(*ITEM_VIEWS)
@@ -72,20 +71,24 @@ class OnlineFeatures:
         try:
             features = self.guard.call(self.fetch_user, user_id)
         except StoreUnavailable:
-            last = self._last_known.get(user_id)
-            if last is None:
-                return UserFeatures(values={}, seen_items=set(), degraded=True)
-            return replace(pickle.loads(last), degraded=True)
+            return self.last_known(user_id)
         self._last_known[user_id] = pickle.dumps(features, protocol=pickle.HIGHEST_PROTOCOL)
         self._last_known.move_to_end(user_id)
         if len(self._last_known) > self._last_known_capacity:
             self._last_known.popitem(last=False)
         return features
 
+    def last_known(self, user_id: str) -> UserFeatures:
+        """The user's last features read by this process, or empty defaults; marked degraded."""
+        last = self._last_known.get(user_id)
+        if last is None:
+            return UserFeatures(values={}, seen_items=set(), degraded=True)
+        return replace(pickle.loads(last), degraded=True)
+
     def fetch_user(self, user_id: str) -> UserFeatures:
         """The user's row straight from the store (one round trip), unguarded."""
-        if self.user_rows is not None:
-            row = self.user_rows.read(user_id)
+        if self.redis is not None:
+            row = self.redis.users.read(user_id)
         else:
             data = self.store.get_online_features(features=self._user_refs, entity_rows=[{"user_id": user_id}])
             row = {name: values[0] for name, values in data.to_dict().items()}
@@ -100,12 +103,14 @@ class OnlineFeatures:
     def _guarded_fetch(self, item_ids: list[str]) -> pd.DataFrame:
         return self.guard.call(self.fetch_items, item_ids)
 
-    def fetch_items(self, item_ids: list[str]) -> pd.DataFrame:
-        """Feature rows straight from the store: one Feast call, no cache."""
+    def fetch_items(self, item_ids: list[str], background: bool = False) -> pd.DataFrame:
+        """Feature rows straight from the store, no cache: one pipelined read on Redis (on the
+        background client for the cache's loads and refreshes), else one Feast call."""
         if not item_ids:
             return pd.DataFrame(columns=ITEM_FEATURES)
-        if self.item_rows is not None:
-            return pd.DataFrame(self.item_rows.read_many(list(item_ids)), columns=ITEM_FEATURES)
+        if self.redis is not None:
+            rows = self.redis.background_items if background else self.redis.items
+            return pd.DataFrame(rows.read_many(list(item_ids)), columns=ITEM_FEATURES)
         data = self.store.get_online_features(
             features=self._item_refs, entity_rows={"item_id": list(item_ids)}
         ).to_dict()
@@ -117,17 +122,21 @@ class OnlineFeatures:
         item cache. A store that is down now is left to the guard and to readiness."""
         try:
             self.fetch_user("__warm_up__")
-            self.item_cache.load(list(catalog) or ["__warm_up__"], self.fetch_items)
+            self.item_cache.load(list(catalog) or ["__warm_up__"], self._fetch_items_in_background)
         except Exception:  # noqa: BLE001 - readiness reports the store; requests degrade
             pass
 
-    def ping(self, timeout_s: float = READINESS_TIMEOUT_S) -> None:
+    def _fetch_items_in_background(self, item_ids: list[str]) -> pd.DataFrame:
+        return self.fetch_items(item_ids, background=True)
+
+    def ping(self) -> None:
         """Raise if the online store cannot be read (readiness checks).
 
-        Readiness asks whether the store answers at all, so the probe has a deadline of its own,
-        outside the breaker: one request's budget is too short a test (a busy machine misses it now
-        and then while the store is fine), and the client's socket timeout too long (redis-py
-        retries a timed-out read three times).
+        Readiness asks whether the store answers at all, outside the breaker and not against one
+        request's budget (a busy machine misses that now and then while the store is fine): on Redis
+        a read on the background client (its socket timeout, no retries), else a Feast read.
         """
-        self.guard.check(self.store.get_online_features, timeout_s, self._user_refs[:1],
-                         [{"user_id": "__readyz__"}])
+        if self.redis is not None:
+            self.redis.background_items.read("__readyz__")
+            return
+        self.store.get_online_features(features=self._user_refs[:1], entity_rows=[{"user_id": "__readyz__"}])

@@ -10,16 +10,18 @@
 
 Each item's ``source`` says which candidate source proposed it (``ann``, ``covis``, ``popular``);
 users the two-tower model never saw get co-visitation and popular candidates, still ranked.
-Each stage has a budget and a fallback, so no failure reaches the user as an error or a late answer:
+All stages run inline on the request's thread (no handoffs; serving/deadline.py). Each has a
+budget and a fallback, so no failure reaches the user as an error or a late answer:
 
     stage       on failure or overrun (serving/store_guard.py, serving/deadline.py)
     features    the user's last features read, or defaults; cached item rows, or nulls
     retrieval   no candidates: the popularity fallback fills the slate
     ranking     candidates are ordered by their two-tower score
 
-and the answer is marked ``degraded``. A request reads the current model once, so a bundle swap
-never mixes versions. The answer has k items unless the catalog has fewer than k items the user
-has not seen.
+and the answer is marked ``degraded``. If the request deadline passes first, the event loop
+answers with :meth:`Recommender.fallback` instead. A request reads the current model once, so a
+bundle swap never mixes versions. The answer has k items unless the catalog has fewer than k items
+the user has not seen.
 """
 
 from __future__ import annotations
@@ -29,12 +31,12 @@ import time
 import uuid
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
 
-from serving.deadline import StageOverrun, StageRunner
+from serving.deadline import Claim, within
 from serving.event_log import ImpressionRecord, LogWriter, SlateEntry
 from serving.exploration import Candidates, GreedyPolicy, Policy, Slate
 from serving.item_cache import ItemColumns
@@ -81,8 +83,8 @@ class Recommendation:
 
 @dataclass(frozen=True)
 class StageBudgets:
-    """Seconds a CPU stage may take before the request falls back; None: no budget (run inline).
-    The store reads have theirs in the features' StoreGuard."""
+    """Seconds a CPU stage may take before its result is dropped for its fallback; None: no budget.
+    The store reads have theirs in the request client's socket timeout."""
 
     retrieval_s: float | None = 0.02
     ranking_s: float | None = 0.02
@@ -91,12 +93,27 @@ class StageBudgets:
 class StageTimer:
     def __init__(self) -> None:
         self.timings_ms: dict[str, float] = {}
-        self._last = time.perf_counter()
+        self.stage_started = time.perf_counter()
 
     def lap(self, stage: str) -> None:
         now = time.perf_counter()
-        self.timings_ms[stage] = self.timings_ms.get(stage, 0.0) + (now - self._last) * 1000
-        self._last = now
+        self.timings_ms[stage] = self.timings_ms.get(stage, 0.0) + (now - self.stage_started) * 1000
+        self.stage_started = now
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """The candidates as exploration gets them: ids in source order with their sources, scores (the
+    ranker's, or the two-tower scores when ranking fell back) and feature columns."""
+
+    item_ids: list[str]
+    sources: np.ndarray
+    scores: np.ndarray
+    items: ItemColumns
+    ranker_inputs: np.ndarray | None = None  # None when ranking fell back
+
+
+NO_CANDIDATES = Ranked([], np.empty(0, object), np.empty(0, np.float32), {})
 
 
 class Recommender:
@@ -114,10 +131,13 @@ class Recommender:
         self.log_candidates = log_candidates  # top-M candidates (ids, scores) logged for OPE
         self.arm = arm  # the experiment arm this recommender serves (serving/experiments.py), logged
         self.budgets = budgets or StageBudgets()
-        self.stages = StageRunner(name="recommend-stage")
 
-    def recommend(self, user_id: str, k: int, context: dict | None = None,
-                  request_id: str | None = None) -> Recommendation:
+    def recommend(self, user_id: str, k: int, context: dict | None = None, request_id: str | None = None,
+                  claim: Claim | None = None) -> Recommendation | None:
+        """The answer, stage by stage on this thread; None when ``claim`` was taken first (the request
+        deadline passed and the event loop answered with :meth:`fallback`)."""
+        if claim is not None and claim.taken:  # answered while it waited for this thread
+            return None
         model = self.model
         request_id = request_id or uuid.uuid4().hex
         now = self.clock()
@@ -127,12 +147,9 @@ class Recommender:
         degraded = user.degraded
         timer.lap("features")
 
-        rows, sources = np.empty(0, np.int64), np.empty(0, object)
-        pairs: dict[str, np.ndarray] = {"retrieval_score": np.empty(0, np.float32)}
-        try:
-            rows, sources, pairs = self.stages.run(self._candidates, self.budgets.retrieval_s, model, user_id, user)
-        except StageOverrun:
-            degraded = True
+        rows, sources, pairs = self._candidates(model, user_id, user)
+        if not within(timer.stage_started, self.budgets.retrieval_s):
+            rows, sources, pairs, degraded = rows[:0], sources[:0], {"retrieval_score": NO_CANDIDATES.scores}, True
         timer.lap("retrieval")
 
         candidate_ids = model.retrieval.item_id_array[rows].tolist()
@@ -140,23 +157,35 @@ class Recommender:
         degraded |= items_failed
         timer.lap("features")
 
-        scores, ranker_inputs = pairs["retrieval_score"], None
+        ranked = Ranked(candidate_ids, sources, pairs["retrieval_score"], items)
         if candidate_ids:
-            try:
-                ranker_inputs, scores = self.stages.run(self._score, self.budgets.ranking_s, model, user, items, now,
-                                                        pairs)
-            except StageOverrun:
+            inputs, scores = self._score(model, user, items, now, pairs)
+            if within(timer.stage_started, self.budgets.ranking_s):
+                ranked = replace(ranked, scores=scores, ranker_inputs=inputs)
+            else:
                 degraded = True
         timer.lap("ranking")
+        return self._answer(model, user_id, user, k, context or {}, request_id, now, ranked, degraded, timer, claim)
 
-        slate = self.policy.choose(Candidates(candidate_ids, scores), k, request_id, now)
+    def fallback(self, user_id: str, k: int, context: dict | None = None,
+                 request_id: str | None = None) -> Recommendation:
+        """The answer when the request deadline passed: popular items, leaving out what the user's last
+        features read here say they have seen; no store read, no stage. Logged like any answer."""
+        return self._answer(self.model, user_id, self.features.last_known(user_id), k, context or {},
+                            request_id or uuid.uuid4().hex, self.clock(), NO_CANDIDATES, True, StageTimer(), None)
+
+    def _answer(self, model: ServingModel, user_id: str, user: UserFeatures, k: int, context: dict, request_id: str,
+                now: float, ranked: Ranked, degraded: bool, timer: StageTimer,
+                claim: Claim | None) -> Recommendation | None:
+        """Exploration picks the slate, popular items fill any gap; logged if ``claim`` is won."""
+        slate = self.policy.choose(Candidates(ranked.item_ids, ranked.scores), k, request_id, now)
         chosen = [
-            RecommendedItem(candidate_ids[r], float(scores[r]), i + 1, float(p), str(sources[r]))
+            RecommendedItem(ranked.item_ids[r], float(ranked.scores[r]), i + 1, float(p), str(ranked.sources[r]))
             for i, (r, p) in enumerate(zip(slate.rows, slate.propensities, strict=True))
         ]
         timer.lap("exploration")
 
-        chosen += self._popular_fill(model, k - len(chosen), user.seen_items | set(candidate_ids), len(chosen))
+        chosen += self._popular_fill(model, k - len(chosen), user.seen_items | set(ranked.item_ids), len(chosen))
         result = Recommendation(
             request_id=request_id,
             user_id=user_id,
@@ -164,12 +193,13 @@ class Recommender:
             policy={"name": self.policy.name, "params": self.policy.params},
             items=chosen,
             degraded=degraded,
-            ranker_inputs=ranker_inputs,
-            ranker_scores=scores if ranker_inputs is not None else None,
+            ranker_inputs=ranked.ranker_inputs,
+            ranker_scores=ranked.scores if ranked.ranker_inputs is not None else None,
         )
         result.timings_ms = timer.timings_ms
-        self.impressions.write(self._impression(result, now, user, items, candidate_ids, k, context or {},
-                                                scores, slate))
+        if claim is not None and not claim.take():
+            return None
+        self.impressions.write(self._impression(result, now, user, ranked, k, context, slate))
         timer.lap("logging")
         return result
 
@@ -189,9 +219,6 @@ class Recommender:
         inputs = ranker_matrix(users, items, now, pairs)
         return inputs, model.ranker.score(inputs)
 
-    def close(self) -> None:
-        self.stages.close()
-
     @staticmethod
     def _popular_fill(model: ServingModel, n: int, exclude: set[str], offset: int) -> list[RecommendedItem]:
         """Most popular items not excluded, positioned after the first ``offset`` items."""
@@ -203,9 +230,9 @@ class Recommender:
                 picks.append(RecommendedItem(item, float(score), offset + len(picks) + 1, 1.0, SOURCE_POPULAR))
         return picks
 
-    def _impression(self, result: Recommendation, now: float, user: UserFeatures, items: ItemColumns,
-                    candidate_ids: list[str], k: int, context: dict, scores: np.ndarray,
-                    slate: Slate) -> ImpressionRecord:
+    def _impression(self, result: Recommendation, now: float, user: UserFeatures, ranked: Ranked, k: int,
+                    context: dict, slate: Slate) -> ImpressionRecord:
+        candidate_ids, items, scores = ranked.item_ids, ranked.items, ranked.scores
         top = np.argsort(-scores, kind="stable")[: self.log_candidates]
         names = list(items)
         # the policy's picks are the candidates at slate.rows (popular fill-ins have no features read)

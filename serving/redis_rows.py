@@ -14,9 +14,16 @@ trip. Reading the layout directly ties this module to the Feast version pinned i
 ``tests/test_online_features.py`` compares it with ``get_online_features`` on every user and item
 feature, so an upgrade that changes the layout fails there and not in production. The embedded
 profile (SQLite) keeps ``get_online_features``.
+
+Serving reads through two clients (:class:`RedisReads`): requests through one whose socket timeout
+is the store budget, so a stalled store costs a request that much and no more; the item cache's
+bulk loads, refreshes and the readiness probe through one with a generous timeout, so a busy
+moment does not abort a 2,000-item read that no request waits on.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from feast.infra.online_stores.helpers import _mmh3, _redis_key
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey
@@ -65,3 +72,12 @@ class RedisRows:
             value.ParseFromString(raw)
             values[name] = feast_value_type_to_python_type(value)
         return values
+
+
+@dataclass(frozen=True)
+class RedisReads:
+    """The direct reads of serving: users and items on the request client, items on the background client."""
+
+    users: RedisRows
+    items: RedisRows
+    background_items: RedisRows

@@ -56,7 +56,7 @@ class Server:
 # Stage budgets of the served process in tests: production's are tens of milliseconds, which a busy
 # CI machine can overrun now and then, turning an answer degraded. Tests of the budgets set their own.
 GENEROUS_BUDGETS = {"RECSYS_STORE_TIMEOUT_MS": "5000", "RECSYS_RETRIEVAL_BUDGET_MS": "5000",
-                    "RECSYS_RANKING_BUDGET_MS": "5000"}
+                    "RECSYS_RANKING_BUDGET_MS": "5000", "RECSYS_REQUEST_DEADLINE_MS": "60000"}
 
 
 @contextmanager

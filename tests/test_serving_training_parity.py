@@ -17,7 +17,6 @@ from serving.event_log import LogWriter
 from serving.model import load_model
 from serving.online_features import OnlineFeatures
 from serving.recommender import Recommender, StageBudgets
-from serving.store_guard import StoreGuard
 from training.candidates import build_candidates_model, generate, requests_as_of, unavailable_rows
 from training.dataset import Dataset
 from training.features import next_snapshot
@@ -43,7 +42,7 @@ def test_served_features_equal_the_training_builders_for_the_same_time(copy_of_d
     store = open_store("embedded", home / "features", "recsys", "redis://127.0.0.1:6379/0")
     now = next_snapshot(dataset.end_ts)  # where the serving clock starts on this data
     ranker = RecordingRanker(model.ranker)
-    recommender = Recommender(dataclasses.replace(model, ranker=ranker), OnlineFeatures(store, guard=StoreGuard(5.0)),
+    recommender = Recommender(dataclasses.replace(model, ranker=ranker), OnlineFeatures(store),
                               LogWriter(tmp_path / "impressions.jsonl"), clock=lambda: float(now),
                               budgets=StageBudgets(None, None))
     sources = build_candidates_model(model.retrieval, dataset.interactions, now, model.candidates.settings)
@@ -67,4 +66,3 @@ def test_served_features_equal_the_training_builders_for_the_same_time(copy_of_d
         assert [it.source for it in served.items] == list(built.sources[top])
         proposed_by |= set(built.sources)
     assert proposed_by == {"ann", "covis", "popular"}
-    recommender.close()
