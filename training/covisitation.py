@@ -49,16 +49,22 @@ class Covisitation:
         """The mean weight each item gets from the ``seeds`` (item rows), for the items they co-visit.
 
         Sparse on purpose: 20 seeds touch at most 20 × ``neighbours`` items, so a request costs
-        that, not a pass over the whole catalog. The sums run in seed order in float64, so the
-        float32 result is the same however the caller batches requests.
+        that, not a pass over the whole catalog. The sums run in seed order in float64 (a stable sort
+        keeps each item's weights in seed order), so the float32 result is the same however the
+        caller batches requests.
         """
         if len(seeds) == 0:
             return SeedScores(np.empty(0, np.int64), np.empty(0, np.float32))
-        spans = [np.arange(self.indptr[seed], self.indptr[seed + 1]) for seed in seeds]
-        at = np.concatenate(spans)
-        rows, inverse = np.unique(self.indices[at], return_inverse=True)
-        sums = np.bincount(inverse, weights=self.weights[at].astype(np.float64), minlength=len(rows))
-        return SeedScores(rows.astype(np.int64), (sums / len(seeds)).astype(np.float32))
+        spans = list(zip(self.indptr[seeds].tolist(), self.indptr[np.asarray(seeds) + 1].tolist(), strict=True))
+        neighbours = np.concatenate([self.indices[start:end] for start, end in spans])
+        weights = np.concatenate([self.weights[start:end] for start, end in spans])
+        order = np.argsort(neighbours, kind="stable")
+        rows = neighbours[order]
+        first = np.empty(len(rows), dtype=bool)
+        first[:1] = True
+        np.not_equal(rows[1:], rows[:-1], out=first[1:])
+        sums = np.bincount(np.cumsum(first) - 1, weights=weights[order].astype(np.float64))
+        return SeedScores(rows[first].astype(np.int64), (sums / len(seeds)).astype(np.float32))
 
     def save(self, path: Path) -> None:
         with path.open("wb") as f:
