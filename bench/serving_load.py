@@ -97,7 +97,7 @@ def serve_naive(port: int) -> None:
         def __init__(self, settings: Settings):
             super().__init__(settings)
             # every read through Feast's get_online_features, not the direct Redis reads
-            self.features.user_rows = self.features.item_rows = None
+            self.features.redis = None
             model = self.recommender.model
             self.recommender.features = FeastEveryRequest(self.features)
             self.recommender.model = replace(model, ranker=NativeLightGBM(model.path / bundle.RANKER_NATIVE))
@@ -372,7 +372,7 @@ def main() -> None:
     out["request_threads"] = {"rate": args.threads_rate, **by_threads}
 
     naive_env = {**env, "RECSYS_STORE_TIMEOUT_MS": "10000", "RECSYS_RETRIEVAL_BUDGET_MS": "10000",
-                 "RECSYS_RANKING_BUDGET_MS": "10000"}
+                 "RECSYS_RANKING_BUDGET_MS": "10000", "RECSYS_REQUEST_DEADLINE_MS": "60000"}
     naive = measured_run(home, naive_env, requests, args.rate, args.duration_step, args.warmup / 2, 1, naive=True)
     print(f"naive at {args.rate:g}/s: {json.dumps(summary(naive))}", flush=True)
     fast_alone = unloaded(home, env, requests, args.duration_step, naive=False)
