@@ -102,6 +102,17 @@ class StageTimer:
 
 
 @dataclass(frozen=True)
+class Request:
+    """What was asked, and when: the request as its answer and impression record carry it."""
+
+    user_id: str
+    k: int
+    context: dict
+    request_id: str
+    now: float
+
+
+@dataclass(frozen=True)
 class Ranked:
     """The candidates as exploration gets them: ids in source order with their sources, scores (the
     ranker's, or the two-tower scores when ranking fell back) and feature columns."""
@@ -139,8 +150,7 @@ class Recommender:
         if claim is not None and claim.taken:  # answered while it waited for this thread
             return None
         model = self.model
-        request_id = request_id or uuid.uuid4().hex
-        now = self.clock()
+        request = Request(user_id, k, context or {}, request_id or uuid.uuid4().hex, self.clock())
         timer = StageTimer()
 
         user = self.features.user(user_id)
@@ -159,36 +169,38 @@ class Recommender:
 
         ranked = Ranked(candidate_ids, sources, pairs["retrieval_score"], items)
         if candidate_ids:
-            inputs, scores = self._score(model, user, items, now, pairs)
+            inputs, scores = self._score(model, user, items, request.now, pairs)
             if within(timer.stage_started, self.budgets.ranking_s):
                 ranked = replace(ranked, scores=scores, ranker_inputs=inputs)
             else:
                 degraded = True
         timer.lap("ranking")
-        return self._answer(model, user_id, user, k, context or {}, request_id, now, ranked, degraded, timer, claim)
+        return self._answer(model, request, user, ranked, degraded, timer, claim)
 
     def fallback(self, user_id: str, k: int, context: dict | None = None,
                  request_id: str | None = None) -> Recommendation:
         """The answer when the request deadline passed: popular items, leaving out what the user's last
         features read here say they have seen; no store read, no stage. Logged like any answer."""
-        return self._answer(self.model, user_id, self.features.last_known(user_id), k, context or {},
-                            request_id or uuid.uuid4().hex, self.clock(), NO_CANDIDATES, True, StageTimer(), None)
+        request = Request(user_id, k, context or {}, request_id or uuid.uuid4().hex, self.clock())
+        return self._answer(self.model, request, self.features.last_known(user_id), NO_CANDIDATES, True,
+                            StageTimer(), None)
 
-    def _answer(self, model: ServingModel, user_id: str, user: UserFeatures, k: int, context: dict, request_id: str,
-                now: float, ranked: Ranked, degraded: bool, timer: StageTimer,
-                claim: Claim | None) -> Recommendation | None:
+    def _answer(self, model: ServingModel, request: Request, user: UserFeatures, ranked: Ranked, degraded: bool,
+                timer: StageTimer, claim: Claim | None) -> Recommendation | None:
         """Exploration picks the slate, popular items fill any gap; logged if ``claim`` is won."""
-        slate = self.policy.choose(Candidates(ranked.item_ids, ranked.scores), k, request_id, now)
+        slate = self.policy.choose(Candidates(ranked.item_ids, ranked.scores), request.k, request.request_id,
+                                   request.now)
         chosen = [
             RecommendedItem(ranked.item_ids[r], float(ranked.scores[r]), i + 1, float(p), str(ranked.sources[r]))
             for i, (r, p) in enumerate(zip(slate.rows, slate.propensities, strict=True))
         ]
         timer.lap("exploration")
 
-        chosen += self._popular_fill(model, k - len(chosen), user.seen_items | set(ranked.item_ids), len(chosen))
+        chosen += self._popular_fill(model, request.k - len(chosen), user.seen_items | set(ranked.item_ids),
+                                     len(chosen))
         result = Recommendation(
-            request_id=request_id,
-            user_id=user_id,
+            request_id=request.request_id,
+            user_id=request.user_id,
             model_version=model.version,
             policy={"name": self.policy.name, "params": self.policy.params},
             items=chosen,
@@ -199,7 +211,7 @@ class Recommender:
         result.timings_ms = timer.timings_ms
         if claim is not None and not claim.take():
             return None
-        self.impressions.write(self._impression(result, now, user, ranked, k, context, slate))
+        self.impressions.write(self._impression(result, request, user, ranked, slate))
         timer.lap("logging")
         return result
 
@@ -230,8 +242,8 @@ class Recommender:
                 picks.append(RecommendedItem(item, float(score), offset + len(picks) + 1, 1.0, SOURCE_POPULAR))
         return picks
 
-    def _impression(self, result: Recommendation, now: float, user: UserFeatures, ranked: Ranked, k: int,
-                    context: dict, slate: Slate) -> ImpressionRecord:
+    def _impression(self, result: Recommendation, request: Request, user: UserFeatures, ranked: Ranked,
+                    slate: Slate) -> ImpressionRecord:
         candidate_ids, items, scores = ranked.item_ids, ranked.items, ranked.scores
         top = np.argsort(-scores, kind="stable")[: self.log_candidates]
         names = list(items)
@@ -242,7 +254,7 @@ class Recommender:
         sample = result.drift_sample()
         return ImpressionRecord(
             request_id=result.request_id,
-            ts=now,
+            ts=request.now,
             user_id=result.user_id,
             model_version=result.model_version,
             policy=result.policy,
@@ -250,8 +262,8 @@ class Recommender:
             slate=[SlateEntry(it.item_id, it.position, it.score, it.propensity, it.source) for it in result.items],
             features={"user": _jsonable(user.values), "items": served},
             timings_ms=dict(result.timings_ms),
-            k=k,
-            context=context,
+            k=request.k,
+            context=request.context,
             candidates={"item_ids": [candidate_ids[r] for r in top], "scores": scores[top].astype(float).tolist()},
             slate_propensity=slate.slate_propensity,
             policy_state=slate.state,
